@@ -1,0 +1,179 @@
+"""The learner interface shared by every meta-learning algorithm.
+
+Parameters are plain dicts ``{name: tensor}`` passed to ``torch.func.functional_call``; the
+meta-parameters live in ``learner.model`` (plus learner-specific extras such as Meta-SGD's
+learning rates). Every learner is mask-aware: after ``set_masks``, the inner loop, the outer
+optimiser step and test-time adaptation keep pruned weights at exactly 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..data.tasks import Task
+from ..masks import Masks, apply_masks, mask_grad, masked_optimizer_step, validate_masks
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass
+class Adapted:
+    """The result of adapting to a task: fast weights (and, for metric learners, prototypes)."""
+
+    params: Params
+    prototypes: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class Learner:
+    """Base class. Subclasses override ``adapt`` / ``predict`` (and ``meta_step`` if the outer
+    update is not the gradient of the meta-objective, e.g. Reptile)."""
+
+    name = "base"
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
+                 eval_inner_steps: int | None = None, meta_lr: float = 1e-3,
+                 first_order: bool = False, adapt_names: Sequence[str] | None = None):
+        if inner_steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = int(inner_steps)
+        self.eval_inner_steps = int(inner_steps if eval_inner_steps is None else eval_inner_steps)
+        self.meta_lr = float(meta_lr)
+        self.first_order = bool(first_order)
+        all_names = [n for n, _ in model.named_parameters()]
+        self.adapt_names = list(all_names if adapt_names is None else adapt_names)
+        unknown = set(self.adapt_names) - set(all_names)
+        if unknown:
+            raise ValueError(f"adapt_names not in {type(model).__name__}: {sorted(unknown)}")
+        self.masks: Masks = {}
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    # ---- parameters, masks, optimiser -------------------------------------------------------
+    def params(self) -> Params:
+        """Current meta-parameters of the model (live tensors, requires_grad)."""
+        return dict(self.model.named_parameters())
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        """Everything the outer loop optimises (model parameters plus learner extras)."""
+        return {f"model.{n}": p for n, p in self.model.named_parameters()}
+
+    def set_masks(self, masks: Mapping[str, torch.Tensor] | None) -> None:
+        masks = dict(masks or {})
+        validate_masks(self.model, masks)
+        dev = next(self.model.parameters()).device
+        self.masks = {n: m.to(dev, torch.float32) for n, m in masks.items()}
+        apply_masks(self.params(), self.masks)
+        if self._optimizer is not None:  # masks changed: clear the pruned entries' moments
+            named = self.meta_parameters()
+            for n, m in self.masks.items():
+                p = named[f"model.{n}"]
+                for v in self._optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        v.mul_(m)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.meta_parameters().values(), lr=self.meta_lr)
+        return self._optimizer
+
+    def outer_masks(self) -> dict[str, torch.Tensor]:
+        return {f"model.{n}": m for n, m in self.masks.items()}
+
+    # ---- forward, adaptation, meta-objective ------------------------------------------------
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, params, (x,))
+
+    def inner_lr_for(self, name: str) -> torch.Tensor | float:
+        return self.inner_lr
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor,
+              params: Params | None = None, steps: int | None = None,
+              create_graph: bool = False) -> Adapted:
+        """Masked gradient steps on the support set: theta' = theta - lr * (grad * mask)."""
+        params = dict(self.params() if params is None else params)
+        steps = self.inner_steps if steps is None else steps
+        names = self.adapt_names
+        for _ in range(steps):
+            loss = F.cross_entropy(self.forward(params, support_x), support_y)
+            grads = torch.autograd.grad(loss, [params[n] for n in names],
+                                        create_graph=create_graph)
+            for n, g in zip(names, grads):
+                if not create_graph:
+                    g = g.detach()
+                params[n] = params[n] - self.inner_lr_for(n) * mask_grad(n, g, self.masks)
+        return Adapted(params)
+
+    def predict(self, adapted: Adapted, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(adapted.params, x)
+
+    def task_loss(self, task: Task, steps: int | None = None,
+                  create_graph: bool | None = None) -> tuple[torch.Tensor, float]:
+        """Meta-objective of one task: query loss after adapting on the support set."""
+        cg = (not self.first_order) if create_graph is None else create_graph
+        adapted = self.adapt(task.support_x, task.support_y, steps=steps, create_graph=cg)
+        logits = self.predict(adapted, task.query_x)
+        acc = (logits.argmax(1) == task.query_y).float().mean().item()
+        return F.cross_entropy(logits, task.query_y), acc
+
+    def meta_step(self, tasks: Sequence[Task]) -> dict[str, float]:
+        """One outer step over a meta-batch (per-task loop; graphs freed task by task)."""
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        loss_sum = acc_sum = 0.0
+        for t in tasks:
+            loss, acc = self.task_loss(t)
+            (loss / len(tasks)).backward()
+            loss_sum += loss.item()
+            acc_sum += acc
+        masked_optimizer_step(opt, self.meta_parameters(), self.outer_masks())
+        return {"loss": loss_sum / len(tasks), "acc": acc_sum / len(tasks)}
+
+    def meta_gradient(self, tasks: Sequence[Task], first_order: bool | None = None
+                      ) -> dict[str, torch.Tensor]:
+        """dL_meta/dtheta averaged over ``tasks`` (exact through the inner loop unless
+        first_order); used by tests and by gradient-based pruning criteria."""
+        params = self.params()
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        cg = (not self.first_order) if first_order is None else not first_order
+        for t in tasks:
+            loss, _ = self.task_loss(t, create_graph=cg)
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for n, g in zip(params, grads):
+                if g is not None:
+                    total[n] += g.detach() / len(tasks)
+        return total
+
+    @torch.no_grad()
+    def _eval_logits(self, adapted: Adapted, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(adapted, x)
+
+    def evaluate_task(self, task: Task, steps: int | None = None) -> float:
+        """Test-time adaptation then query accuracy (no graph kept)."""
+        steps = self.eval_inner_steps if steps is None else steps
+        with torch.enable_grad():
+            adapted = self.adapt(task.support_x, task.support_y, steps=steps, create_graph=False)
+        adapted.params = {n: p.detach() for n, p in adapted.params.items()}
+        logits = self._eval_logits(adapted, task.query_x)
+        return (logits.argmax(1) == task.query_y).float().mean().item()
+
+    # ---- (de)serialisation ------------------------------------------------------------------
+    def config(self) -> dict:
+        return {"name": self.name, "inner_lr": self.inner_lr, "inner_steps": self.inner_steps,
+                "eval_inner_steps": self.eval_inner_steps, "meta_lr": self.meta_lr,
+                "first_order": self.first_order}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Learner-owned tensors saved with the checkpoint (e.g. Meta-SGD learning rates)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        return None

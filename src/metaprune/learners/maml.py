@@ -1,0 +1,80 @@
+"""MAML and its close relatives: first-order MAML, ANIL and Meta-SGD."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .base import Learner
+from .registry import register_learner
+
+
+@register_learner("maml")
+class MAML(Learner):
+    """Model-agnostic meta-learning (Finn et al. 2017); second order by default."""
+
+    name = "maml"
+
+
+@register_learner("fomaml")
+class FOMAML(Learner):
+    """First-order MAML: the inner-loop Jacobian is taken as the identity."""
+
+    name = "fomaml"
+
+    def __init__(self, model: nn.Module, **kw):
+        kw["first_order"] = True
+        super().__init__(model, **kw)
+
+
+def head_parameter_names(model: nn.Module) -> list[str]:
+    """Parameters of the classifier head: ``model.head`` if it exists, else the last Linear."""
+    if isinstance(getattr(model, "head", None), nn.Module):
+        return [f"head.{n}" for n, _ in model.head.named_parameters()]
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ValueError(f"ANIL: {type(model).__name__} has no Linear head to adapt")
+    return [f"{last[-1]}.{n}" for n, _ in dict(model.named_modules())[last[-1]].named_parameters()]
+
+
+@register_learner("anil")
+class ANIL(Learner):
+    """Almost No Inner Loop (Raghu et al. 2020): only the head adapts in the inner loop."""
+
+    name = "anil"
+
+    def __init__(self, model: nn.Module, **kw):
+        kw["adapt_names"] = head_parameter_names(model)
+        super().__init__(model, **kw)
+
+
+@register_learner("metasgd")
+class MetaSGD(Learner):
+    """Meta-SGD (Li et al. 2017): a learned per-weight inner learning rate."""
+
+    name = "metasgd"
+
+    def __init__(self, model: nn.Module, **kw):
+        super().__init__(model, **kw)
+        self.lrs = nn.ParameterDict({
+            n.replace(".", "__"): nn.Parameter(torch.full_like(p, self.inner_lr))
+            for n, p in model.named_parameters()})
+
+    def inner_lr_for(self, name: str) -> torch.Tensor:
+        return self.lrs[name.replace(".", "__")]
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        named = super().meta_parameters()
+        named.update({f"lr.{k}": p for k, p in self.lrs.items()})
+        return named
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {f"lr.{k}": p.detach() for k, p in self.lrs.items()}
+
+    def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in self.lrs.items():
+                if f"lr.{k}" in state:
+                    p.copy_(state[f"lr.{k}"])
