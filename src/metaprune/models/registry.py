@@ -22,6 +22,9 @@ def build_model(name: str, **kwargs) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; registered: {sorted(MODELS)}")
     try:
-        return MODELS[name](**kwargs)
+        model = MODELS[name](**kwargs)
     except TypeError as e:
         raise ValueError(f"model '{name}': bad arguments {kwargs}: {e}") from e
+    # remembered so that a checkpoint can rebuild the same architecture
+    model.model_spec = {"name": name, "kwargs": dict(kwargs)}
+    return model

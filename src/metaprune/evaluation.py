@@ -1,0 +1,98 @@
+"""Paired few-shot evaluation: a fixed task list, per-task accuracies, mean and 95% CI, and
+the paired difference between two models evaluated on the same tasks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.base import ClassDataset
+from .data.tasks import TaskList
+from .io import atomic_write_text
+from .learners import Learner
+
+Z95 = 1.959963984540054
+
+
+def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
+    """Mean and half-width of the normal-approximation 95% confidence interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("no values to summarise")
+    if v.size == 1:
+        return float(v[0]), float("nan")
+    return float(v.mean()), float(Z95 * v.std(ddof=1) / math.sqrt(v.size))
+
+
+@dataclass
+class EvalResult:
+    """Per-task accuracies on a fixed task list (``task_fingerprint`` identifies the list)."""
+
+    accuracies: np.ndarray
+    task_fingerprint: str
+    steps: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return mean_ci95(self.accuracies)[0]
+
+    @property
+    def ci95(self) -> float:
+        return mean_ci95(self.accuracies)[1]
+
+    def summary(self) -> dict:
+        return {"accuracy": self.accuracy, "ci95": self.ci95, "tasks": int(self.accuracies.size),
+                "steps": self.steps, "task_fingerprint": self.task_fingerprint, **self.meta}
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps({**self.summary(),
+                                            "per_task": self.accuracies.tolist()}))
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> EvalResult:
+        d = json.loads(Path(path).read_text())
+        meta = {k: v for k, v in d.items()
+                if k not in ("accuracy", "ci95", "tasks", "steps", "task_fingerprint",
+                             "per_task")}
+        return EvalResult(np.asarray(d["per_task"]), d["task_fingerprint"], d["steps"], meta)
+
+
+def evaluate(learner: Learner, dataset: ClassDataset, tasks: TaskList, steps: int | None = None,
+             device: str | torch.device = "cpu", progress: bool = True,
+             desc: str = "evaluate") -> EvalResult:
+    """Adapt to every task of ``tasks`` (test-time steps: ``steps`` or the learner's
+    ``eval_inner_steps``) and record each task's query accuracy."""
+    steps = learner.eval_inner_steps if steps is None else steps
+    accs = np.empty(len(tasks))
+    for i, task in enumerate(tqdm(tasks.tasks(dataset), total=len(tasks), desc=desc,
+                                  disable=not progress, dynamic_ncols=True)):
+        accs[i] = learner.evaluate_task(task.to(device), steps=steps)
+    return EvalResult(accs, tasks.fingerprint(), steps)
+
+
+@dataclass
+class PairedDifference:
+    mean: float
+    ci95: float
+    tasks: int
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:+.2f} +- {100 * self.ci95:.2f} pts"
+
+
+def paired_difference(a: EvalResult, b: EvalResult) -> PairedDifference:
+    """Mean and 95% CI of per-task (a - b); both must come from the same task list."""
+    if a.task_fingerprint != b.task_fingerprint or a.accuracies.size != b.accuracies.size:
+        raise ValueError(f"paired comparison needs the same task list: fingerprints "
+                         f"{a.task_fingerprint} ({a.accuracies.size} tasks) vs "
+                         f"{b.task_fingerprint} ({b.accuracies.size} tasks)")
+    m, ci = mean_ci95(a.accuracies - b.accuracies)
+    return PairedDifference(m, ci, int(a.accuracies.size))

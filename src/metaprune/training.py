@@ -1,0 +1,67 @@
+"""The meta-training loop: deterministic task stream, periodic atomic checkpoints, resume.
+
+Iteration ``i`` always trains on tasks ``i*B .. i*B+B-1`` of the sampler, so a run killed and
+resumed from its last checkpoint sees exactly the task stream an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint
+from .data.tasks import TaskSampler
+from .learners import Learner
+
+
+def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_batch: int,
+               start_iteration: int = 0, checkpoint_path: str | os.PathLike | None = None,
+               checkpoint_every: int = 100, meta: dict | None = None,
+               device: str | torch.device = "cpu", progress: bool = True,
+               on_step: Callable[[int, dict], None] | None = None,
+               desc: str = "meta-train") -> list[dict]:
+    """Run iterations ``start_iteration .. iterations-1``; returns the per-iteration stats.
+
+    With ``checkpoint_path``, the learner (and optimiser state) is saved atomically every
+    ``checkpoint_every`` iterations and at the end, with ``meta["iteration"]`` = iterations done.
+    """
+    if meta_batch < 1:
+        raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
+    history: list[dict] = []
+    meta = dict(meta or {})
+    bar = tqdm(range(start_iteration, iterations), desc=desc, disable=not progress,
+               initial=start_iteration, total=iterations, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for it in bar:
+        tasks = [t.to(device) for t in sampler.batch(it * meta_batch, meta_batch)]
+        stats = learner.meta_step(tasks)
+        stats["iteration"] = it + 1
+        history.append(stats)
+        if on_step is not None:
+            on_step(it + 1, stats)
+        if progress and (it + 1) % 10 == 0:
+            recent = history[-10:]
+            bar.set_postfix(loss=f"{sum(h['loss'] for h in recent) / len(recent):.3f}",
+                            acc=f"{sum(h['acc'] for h in recent) / len(recent):.3f}")
+        done = it + 1
+        if checkpoint_path is not None and (done % checkpoint_every == 0 or done == iterations):
+            meta["iteration"] = done
+            meta["train_seconds"] = meta.get("train_seconds_before", 0.0) + (
+                time.perf_counter() - t0)
+            save_checkpoint(checkpoint_path, learner, meta)
+    return history
+
+
+def last_iteration(checkpoint_path: str | os.PathLike) -> int | None:
+    """Iterations recorded in an existing checkpoint, or None if there is none."""
+    from .checkpoint import paths, read_meta
+
+    st, js = paths(checkpoint_path)
+    if not (Path(st).exists() and Path(js).exists()):
+        return None
+    return int(read_meta(checkpoint_path).get("iteration", 0))
