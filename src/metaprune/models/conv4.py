@@ -24,12 +24,13 @@ class Conv4(nn.Module):
         super().__init__()
         self.config = dict(n_way=n_way, in_channels=in_channels, width=width,
                            image_size=image_size, depth=depth)
-        blocks = [conv_block(in_channels if i == 0 else width, width) for i in range(depth)]
+        blocks, side = [], image_size
+        for i in range(depth):
+            pool = side >= 2  # small inputs: stop pooling once the map is 1x1
+            blocks.append(conv_block(in_channels if i == 0 else width, width, pool))
+            side = side // 2 if pool else side
         self.features = nn.Sequential(*blocks)
-        side = image_size
-        for _ in range(depth):
-            side //= 2
-        self.feature_dim = width * max(side, 1) ** 2
+        self.feature_dim = width * side**2
         self.head = nn.Linear(self.feature_dim, n_way)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

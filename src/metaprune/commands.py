@@ -1,0 +1,143 @@
+"""Subcommands ``train``, ``evaluate`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import load_config
+from .evaluation import EvalResult, evaluate, paired_difference
+from .experiment import load_split, make_learner, test_tasks, train_sampler
+from .training import last_iteration, meta_train
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="meta-train a model from a config (resumes if killed)")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.iterations=200")
+    p.add_argument("--out", required=True, help="run folder (checkpoint 'model', eval files)")
+    p.add_argument("--eval-tasks", type=int, help="test tasks after training (default: config)")
+    _common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="paired few-shot evaluation of a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint path (NAME, NAME.safetensors or NAME.json)")
+    p.add_argument("--tasks", type=int, help="number of fixed test tasks (default: config, 600)")
+    p.add_argument("--steps", type=int, help="test-time adaptation steps (default: learner's)")
+    p.add_argument("--split", help="data split (default: the config's test split)")
+    p.add_argument("--root", help="data root (default: checkpoint's, then $METAPRUNE_DATA)")
+    p.add_argument("--save", help="write per-task accuracies (JSON) for paired comparisons")
+    p.add_argument("--compare", help="per-task JSON of another model on the same tasks: "
+                   "print the paired difference (this - other)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train, prune (ANP vs magnitude) and evaluate on the "
+                       "embedded glyphs data; prints one table")
+    p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    p.add_argument("--iterations", type=int, default=600, help="dense meta-training iterations")
+    p.add_argument("--retrain-iters", type=int, default=60,
+                   help="masked re-meta-training iterations per pruning round")
+    p.add_argument("--sparsity", type=float, default=0.85)
+    p.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
+    p.add_argument("--width", type=int, default=32, help="Conv4 width")
+    p.add_argument("--methods", default="anp,magnitude", help="comma-separated criteria")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    out = Path(args.out)
+    ckpt = out / "model"
+    done = last_iteration(ckpt)
+    if done is not None:  # resume: the saved config wins, so the task stream is identical
+        c = load_checkpoint(ckpt, device=device)
+        cfg, learner = c.meta["config"], c.learner
+        print(f"resuming {ckpt} from iteration {done}", file=sys.stderr)
+    else:
+        cfg = load_config(args.config, args.set)
+        learner = None
+        done = 0
+    train_data = load_split(cfg["data"], "train_split")
+    if learner is None:
+        learner = make_learner(cfg, train_data, device)
+    meta = {"config": cfg, "data": cfg["data"], "kind": "dense"}
+    if done:
+        meta["train_seconds_before"] = c.meta.get("train_seconds", 0.0)
+    t = cfg["train"]
+    meta_train(learner, train_sampler(cfg, train_data), int(t["iterations"]),
+               int(t["meta_batch"]), start_iteration=done, checkpoint_path=ckpt,
+               checkpoint_every=int(t["checkpoint_every"]), meta=meta, device=device,
+               progress=not args.no_progress)
+    test_data = load_split(cfg["data"], "test_split")
+    tasks = test_tasks(cfg, test_data, args.eval_tasks)
+    tasks.save(out / "test_tasks.json")
+    res = evaluate(learner, test_data, tasks, device=device, progress=not args.no_progress)
+    res.save(out / "eval_test.json")
+    meta = load_checkpoint(ckpt, device=device, with_optimizer=False).meta
+    meta["metrics"] = {"test": res.summary()}
+    save_checkpoint(ckpt, learner, meta)
+    print(f"meta-test accuracy: {100 * res.accuracy:.2f} +- {100 * res.ci95:.2f}% "
+          f"({len(tasks)} tasks, {res.steps} adaptation steps); checkpoint: {ckpt}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    c = load_checkpoint(args.checkpoint, device=device, with_optimizer=False)
+    cfg = c.meta.get("config")
+    if not cfg:
+        raise ValueError(f"checkpoint '{args.checkpoint}' has no config in its sidecar")
+    split = args.split or cfg["data"]["test_split"]
+    data_cfg = {**cfg["data"], "test_split": split}
+    dataset = load_split(data_cfg, "test_split", root=args.root)
+    tasks = test_tasks(cfg, dataset, args.tasks, split)
+    res = evaluate(c.learner, dataset, tasks, steps=args.steps, device=device,
+                   progress=not (args.no_progress or args.json))
+    summary = {"checkpoint": str(args.checkpoint), "split": split, **res.summary()}
+    if args.save:
+        res.save(args.save)
+    if args.compare:
+        diff = paired_difference(res, EvalResult.load(args.compare))
+        summary["paired_difference"] = {"mean": diff.mean, "ci95": diff.ci95,
+                                        "versus": args.compare}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.checkpoint}: {100 * res.accuracy:.2f} +- {100 * res.ci95:.2f}% "
+              f"on {len(tasks)} {split} tasks ({res.steps} adaptation steps)")
+        if args.compare:
+            print(f"paired difference vs {args.compare}: {diff}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args, _device(args.device))
+
+
+def _timed(fn, *a, **kw):
+    t = time.perf_counter()
+    r = fn(*a, **kw)
+    return r, time.perf_counter() - t
