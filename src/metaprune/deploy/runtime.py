@@ -1,0 +1,331 @@
+"""The device runtime: load an ``.mpz`` model, adapt it on a user's support images with the
+stored test-time rule, predict query images.
+
+Dependencies: torch, numpy, Pillow, the stdlib, ``metaprune.models`` (the architectures) and
+``metaprune.deploy.format``; nothing from the training stack (learners, training, pruning,
+evaluation), no plotting or progress bars. A test enforces this.
+
+Adaptation is the library's masked inner loop re-implemented in a few lines:
+``theta <- theta - lr * (grad * mask)`` for the adapting parameters, ``steps`` times, on the
+cross-entropy of the support set (per-weight lrs for Meta-SGD); ProtoNet computes class
+prototypes instead. Pruned weights stay exactly 0 (the update is masked and the result
+re-masked).
+
+BatchNorm. The backbones use BatchNorm with ``track_running_stats=False``: every forward pass
+normalises with the statistics of its own batch. During adaptation that is what the library
+does (support-batch statistics) and the runtime does the same. For prediction the library
+normalises the whole query batch together (transductive); on a device that is ill defined:
+a single query image gets statistics of its own (with a 1x1 final feature map Conv4's last
+BatchNorm then outputs its bias whatever the image, so every image gets the same prediction).
+The runtime therefore freezes, after adaptation, each BatchNorm layer's statistics computed on
+the support set with the adapted weights (the statistics the adapted weights were trained
+with) and predicts every image independently with them (``bn="support"``, the default).
+``bn="batch"`` reproduces the library's transductive query-batch evaluation. The frozen module
+(``AdaptedModel.inference_module``) is what the ONNX export writes, so PyTorch and ONNX agree
+and batch-1 inference is well defined.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torch.func import functional_call
+
+from ..models import build_model
+from .format import MPZ, load_mpz
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+BN_MODES = ("support", "batch")
+
+
+# ---- images -----------------------------------------------------------------------------------
+def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
+    """One image file -> uint8 (C, H, W): grey or RGB, resized (Lanczos) to size x size; the
+    same preprocessing as the training data loaders."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.LANCZOS)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image '{path}': {e}") from e
+    return arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).float().div_(255.0)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@dataclass
+class Support:
+    x: torch.Tensor
+    y: torch.Tensor
+    class_names: list[str]
+    files: list[Path]
+
+
+def load_support(folder: str | os.PathLike, channels: int, size: int) -> Support:
+    """``folder/<class name>/<image>``: one sub-folder per class (sorted by name = label order)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"support folder '{root}' does not exist")
+    names, imgs, labels, files = [], [], [], []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        found = _images_in(d)
+        if not found:
+            raise ValueError(f"support class folder '{d}' has no images "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
+        for f in found:
+            imgs.append(load_image(f, channels, size))
+            labels.append(len(names))
+            files.append(f)
+        names.append(d.name)
+    if len(names) < 2:
+        raise ValueError(f"support folder '{root}' needs at least 2 class sub-folders with "
+                         f"images, found {len(names)}")
+    return Support(to_tensor(imgs), torch.tensor(labels), names, files)
+
+
+def query_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Query arguments (image files and/or folders of images) -> image files."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = _images_in(p)
+            if not found:
+                raise ValueError(f"query folder '{p}' has no images")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ValueError(f"query '{p}' does not exist")
+    if not out:
+        raise ValueError("no query images given")
+    return out
+
+
+# ---- the adapted model ------------------------------------------------------------------------
+class _Embed(nn.Module):
+    """Runs ``model.embed`` as forward (functional_call needs a module's forward)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m.embed(x) if hasattr(self.m, "embed") else self.m(x)
+
+
+class PrototypeClassifier(nn.Module):
+    """Embedding + negative squared Euclidean distance to fixed class prototypes."""
+
+    def __init__(self, model: nn.Module, prototypes: torch.Tensor):
+        super().__init__()
+        self.embed = _Embed(model)
+        self.register_buffer("prototypes", prototypes.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.embed(x)
+        return -(z[:, None, :] - self.prototypes[None]).pow(2).sum(-1)
+
+
+def freeze_batchnorm(model: nn.Module, stats: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                     ) -> nn.Module:
+    """Replace every BatchNorm (in place) by an eval-mode copy normalising with fixed
+    ``stats[name] = (mean, biased var)``."""
+    for name, (mean, var) in stats.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)
+        new = type(old)(old.num_features, eps=old.eps, affine=old.affine,
+                        track_running_stats=True)
+        with torch.no_grad():
+            if old.affine:
+                new.weight.copy_(old.weight)
+                new.bias.copy_(old.bias)
+            new.running_mean.copy_(mean)
+            new.running_var.copy_(var)
+        setattr(parent, child, new.eval())
+    return model
+
+
+def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+@dataclass
+class Prediction:
+    file: str
+    label: int
+    class_name: str
+    probability: float
+    probabilities: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "class": self.class_name, "label": self.label,
+                "probability": self.probability, "probabilities": self.probabilities}
+
+
+class AdaptedModel:
+    """Fast weights (or prototypes) for one task, plus BatchNorm statistics of its support set."""
+
+    def __init__(self, base: nn.Module, params: dict[str, torch.Tensor], kind: str,
+                 class_names: list[str], bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 prototypes: torch.Tensor | None = None):
+        self.base, self.params, self.kind = base, params, kind
+        self.class_names, self.bn_stats, self.prototypes = class_names, bn_stats, prototypes
+        self._module: nn.Module | None = None
+
+    def inference_module(self) -> nn.Module:
+        """A stand-alone eval-mode module: adapted weights, BatchNorm frozen at the support
+        statistics; maps (B, C, H, W) images to (B, N) logits, each image independently."""
+        if self._module is None:
+            model = copy.deepcopy(self.base)
+            model.load_state_dict(self.params, strict=False)
+            freeze_batchnorm(model, self.bn_stats)
+            if self.kind == "prototypes":
+                model = PrototypeClassifier(model, self.prototypes)
+            self._module = model.eval().requires_grad_(False)
+        return self._module
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, bn: str = "support") -> torch.Tensor:
+        if bn == "support":
+            return self.inference_module()(x)
+        if bn != "batch":
+            raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+        if self.kind == "prototypes":  # as the library: query-batch statistics, cdist
+            z = functional_call(_Embed(self.base), {f"m.{n}": p for n, p in self.params.items()},
+                                (x,))
+            return -torch.cdist(z, self.prototypes).pow(2)
+        return functional_call(self.base, self.params, (x,))
+
+    def predict(self, x: torch.Tensor, files: Sequence[str | os.PathLike] | None = None,
+                bn: str = "support") -> list[Prediction]:
+        probs = torch.softmax(self.logits(x, bn), dim=1)
+        files = [str(f) for f in files] if files is not None else [str(i) for i in range(len(x))]
+        out = []
+        for f, p in zip(files, probs, strict=True):
+            k = int(p.argmax())
+            out.append(Prediction(f, k, self.class_names[k], float(p[k]),
+                                  [round(float(v), 6) for v in p]))
+        return out
+
+
+class DeviceModel:
+    """A loaded ``.mpz``: architecture, weights (pruned entries 0), masks and test-time rule."""
+
+    def __init__(self, mpz: MPZ, source: str = "<memory>"):
+        self.mpz, self.meta, self.source = mpz, mpz.meta, source
+        spec = self.meta["model"]
+        self.model = build_model(spec["name"], **spec["kwargs"])
+        missing, unexpected = self.model.load_state_dict(mpz.params, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"'{source}' does not fit model '{spec['name']}': missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        self.model.requires_grad_(False)
+        self.rule = dict(self.meta["rule"])
+        if self.rule["kind"] not in ("gradient", "prototypes"):
+            raise ValueError(f"'{source}': unknown adaptation kind {self.rule['kind']!r}")
+        self.masks = {n: m.bool() for n, m in mpz.masks.items()}
+        inp = self.meta.get("input") or {}
+        self.channels, self.size = inp.get("channels"), inp.get("size")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DeviceModel:
+        return cls(load_mpz(path), str(path))
+
+    def load_support(self, folder: str | os.PathLike) -> Support:
+        if not self.channels or not self.size:
+            raise ValueError(f"'{self.source}' stores no input size/channels")
+        return load_support(folder, self.channels, self.size)
+
+    def load_queries(self, paths: Sequence[str | os.PathLike]) -> tuple[torch.Tensor, list[Path]]:
+        files = query_files(paths)
+        return to_tensor([load_image(f, self.channels, self.size) for f in files]), files
+
+    def lr_for(self, name: str) -> torch.Tensor | float:
+        return self.mpz.lrs[name] if self.rule.get("per_weight_lr") else self.rule["inner_lr"]
+
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None,
+              class_names: Sequence[str] | None = None) -> AdaptedModel:
+        """Adapt on a support set (labels 0..N-1) with the stored rule."""
+        n_cls = int(y.max()) + 1
+        names = list(class_names) if class_names is not None else [str(i) for i in range(n_cls)]
+        params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        if self.rule["kind"] == "prototypes":
+            embed = _Embed(self.model)
+            stats = self._bn_stats(embed, {f"m.{n}": p for n, p in params.items()}, x, "m.")
+            with torch.no_grad():
+                z = functional_call(embed, {f"m.{n}": p for n, p in params.items()}, (x,))
+                protos = torch.stack([z[y == c].mean(0) for c in range(n_cls)])
+            return AdaptedModel(self.model, params, "prototypes", names, stats, protos)
+        n_way = self.meta.get("n_way")
+        if n_way is not None and n_cls != n_way:
+            raise ValueError(f"the support set has {n_cls} classes but '{self.source}' was "
+                             f"meta-trained for {n_way}-way tasks")
+        steps = int(self.rule["steps"] if steps is None else steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        adapt = list(self.rule["adapt"])
+        for _ in range(steps if adapt else 0):
+            for n in adapt:
+                params[n].requires_grad_(True)
+            with torch.enable_grad():
+                loss = F.cross_entropy(functional_call(self.model, params, (x,)), y)
+                grads = torch.autograd.grad(loss, [params[n] for n in adapt])
+            with torch.no_grad():
+                for n, g in zip(adapt, grads, strict=True):
+                    keep = self.masks.get(n)
+                    if keep is not None:
+                        g = torch.where(keep, g, 0.0)
+                    new = params[n] - self.lr_for(n) * g
+                    params[n] = torch.where(keep, new, 0.0) if keep is not None else new
+        params = {n: p.detach() for n, p in params.items()}
+        return AdaptedModel(self.model, params, "gradient", names,
+                            self._bn_stats(self.model, params, x))
+
+    @torch.no_grad()
+    def _bn_stats(self, module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,
+                  prefix: str = "") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per-BatchNorm batch statistics (mean, biased var) of ``x`` at ``params``."""
+        stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = []
+        for name, bn in _batchnorms(module).items():
+            def hook(_m: nn.Module, args: tuple, name: str = name) -> None:
+                dims = [d for d in range(args[0].dim()) if d != 1]
+                stats[name[len(prefix):]] = (args[0].mean(dims),
+                                             args[0].var(dims, unbiased=False))
+            hooks.append(bn.register_forward_pre_hook(hook))
+        try:
+            functional_call(module, params, (x,))
+        finally:
+            for h in hooks:
+                h.remove()
+        return stats
+
+
+def adapt_folder(model_path: str | os.PathLike, support: str | os.PathLike,
+                 queries: Sequence[str | os.PathLike], steps: int | None = None,
+                 bn: str = "support") -> list[Prediction]:
+    """The whole device flow: load, read the support folder, adapt, predict the queries."""
+    dm = DeviceModel.load(model_path)
+    s = dm.load_support(support)
+    adapted = dm.adapt(s.x, s.y, steps=steps, class_names=s.class_names)
+    qx, files = dm.load_queries(queries)
+    return adapted.predict(qx, files, bn=bn)
