@@ -1,0 +1,310 @@
+"""Pruning criteria: per-weight saliency scores of every prunable Conv2d/Linear weight.
+
+Lower score = pruned first. Every criterion returns a :class:`Scores` object; the OBS criteria
+(``anp``, ``lobs``) also keep the per-layer inverse Hessians so that :meth:`Criterion.compensate`
+can move the surviving weights of each output unit to the layer-wise least-squares optimum.
+
+=================  ===================================================================
+``anp``            layer-wise OBS with H from the ADAPTED network (learner's inner loop)
+``lobs``           the same with H from the UN-adapted network (meta-initialisation)
+``magnitude``      ``|w|``
+``random``         uniform random (seeded)
+``taylor-meta``    ``|dL_meta/dw * w|``, exact meta-gradient through the inner loop
+``taylor-meta-fo`` the same with the first-order meta-gradient
+=================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..data.tasks import Task
+from ..learners import Adapted, Learner
+from ..masks import Masks
+from .hessian import damped_inverse, record_hessians, weight_matrix
+
+__all__ = ["Scores", "Criterion", "ANP", "LOBS", "Magnitude", "Random", "TaylorMeta",
+           "TaylorMetaFO", "CRITERIA", "get_criterion", "obs_saliency", "obs_compensation",
+           "H_DATA_CHOICES", "DEFAULT_H_DATA"]
+
+H_DATA_CHOICES = ("support", "query", "both")
+# measured on glyphs (docs/pruning.md, "Which data feeds H"): support was best
+DEFAULT_H_DATA = "support"
+JOINT_MAX_DIM = 1024  # "auto" compensation: exact joint OBS up to this input dimension
+
+
+@dataclass
+class Scores:
+    """``scores[param name]``: saliency of each weight (weight-shaped). ``hinv[param name]``:
+    ``[d, d]`` damped inverse Hessian of that layer (OBS criteria only; d includes the bias)."""
+
+    scores: dict[str, torch.Tensor]
+    hinv: dict[str, torch.Tensor] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+def _module_of(model: nn.Module, param_name: str) -> nn.Module:
+    if not param_name.endswith(".weight"):
+        raise ValueError(f"'{param_name}' is not a layer weight")
+    return dict(model.named_modules())[param_name[: -len(".weight")]]
+
+
+class Criterion:
+    """Base class. ``score`` rates the weights ``names`` of ``learner.model`` on ``tasks``;
+    ``compensate`` (a no-op here) may update surviving weights given the new masks."""
+
+    name = "base"
+    needs_tasks = False
+
+    def score(self, learner: Learner, tasks: Sequence[Task], names: Sequence[str],
+              seed: int = 0) -> Scores:
+        raise NotImplementedError
+
+    def compensate(self, learner: Learner, scores: Scores, masks: Masks) -> dict[str, float]:
+        """Adjust the surviving weights for the weights ``masks`` removes; returns per-layer
+        stats (empty here). Callers then apply the masks."""
+        return {}
+
+    def options(self) -> dict:
+        return {}
+
+
+class Magnitude(Criterion):
+    name = "magnitude"
+
+    def score(self, learner, tasks, names, seed=0):
+        params = learner.params()
+        return Scores({n: params[n].detach().abs().clone() for n in names})
+
+
+class Random(Criterion):
+    """Uniform random scores: a sanity floor. Deterministic given ``seed`` (the round)."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+
+    def score(self, learner, tasks, names, seed=0):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + seed)
+        params = learner.params()
+        out = {}
+        for n in names:
+            p = params[n]
+            out[n] = torch.rand(p.shape, generator=g, dtype=torch.float64).to(p.device)
+        return Scores(out)
+
+    def options(self):
+        return {"seed": self.seed}
+
+
+class TaylorMeta(Criterion):
+    """First-order Taylor of the META-objective: ``|dL_meta/dw * w|`` averaged over tasks, with
+    the exact meta-gradient (through the inner loop: second order)."""
+
+    name = "taylor-meta"
+    needs_tasks = True
+    first_order = False
+
+    def score(self, learner, tasks, names, seed=0):
+        if not tasks:
+            raise ValueError(f"{self.name} needs at least one task")
+        with torch.enable_grad():
+            grads = learner.meta_gradient(list(tasks), first_order=self.first_order)
+        params = learner.params()
+        return Scores({n: (grads[n] * params[n].detach()).abs() for n in names})
+
+
+class TaylorMetaFO(TaylorMeta):
+    """As ``taylor-meta`` with the first-order meta-gradient (inner-loop Jacobian = I)."""
+
+    name = "taylor-meta-fo"
+    first_order = True
+
+
+def obs_saliency(weight: torch.Tensor, hinv: torch.Tensor) -> torch.Tensor:
+    """OBS saliency ``w[j, q]^2 / [H^-1]_qq`` for ``weight`` ``[out, d]`` (bias column included
+    when hinv has it): the increase of the layer-output squared error (``dw^T H dw`` per unit,
+    H = mean x x^T) when ``w[j, q]`` alone is removed with the optimal compensation."""
+    diag = torch.diagonal(hinv).to(weight.dtype)
+    return weight.detach() ** 2 / diag
+
+
+def obs_compensation(weight: torch.Tensor, hinv: torch.Tensor, pruned: torch.Tensor,
+                     mode: str = "joint", chunk_bytes: int = 1 << 28) -> torch.Tensor:
+    """Change ``dw`` (``[out, d]``) of every output unit for removing the entries ``pruned``
+    (bool ``[out, d]``, True = pruned, old and new).
+
+    ``joint``: the exact OBS solution for removing the whole set Q of each unit at once,
+    ``dw = -H^-1[:, Q] (H^-1[Q, Q])^-1 w[Q]`` (= least squares over the surviving weights; pruned
+    entries end exactly at -w). ``single``: ANP's per-weight formula
+    ``dw = -sum_q (w_q / [H^-1]_qq) H^-1[:, q]`` summed over the pruned weights (exact for one
+    weight per unit, an approximation otherwise). The caller re-applies the masks.
+    """
+    W = weight.detach().to(hinv.dtype)
+    P = pruned.to(torch.bool)
+    if mode == "single":
+        coef = torch.where(P, W / torch.diagonal(hinv), torch.zeros_like(W))
+        return -(coef @ hinv).to(weight.dtype)
+    if mode != "joint":
+        raise ValueError(f"unknown compensation mode '{mode}' (joint, single, none)")
+    out_units, d = W.shape
+    delta = torch.zeros_like(W)
+    units = torch.nonzero(P.any(1)).flatten()
+    per = max(1, chunk_bytes // (d * d * hinv.element_size()))
+    for s in range(0, len(units), per):
+        u = units[s: s + per]
+        m = P[u].to(hinv.dtype)                                   # [b, d]
+        # A = P Hinv P + (I - P): rows outside Q are identity, so z is 0 outside Q
+        A = m[:, :, None] * hinv[None] * m[:, None, :] + torch.diag_embed(1 - m)
+        z = torch.linalg.solve(A, (m * W[u]).unsqueeze(-1)).squeeze(-1)
+        delta[u] = -(z @ hinv)
+    return delta.to(weight.dtype)
+
+
+class _OBS(Criterion):
+    """Layer-wise Optimal Brain Surgeon (shared by ``anp`` and ``lobs``).
+
+    H of layer l = mean over tasks, samples and (sub-sampled) patches of ``x x^T`` of the
+    bias-augmented layer inputs, recorded while the learner's network runs on the tasks' data
+    (support, query or both; each set as its own batch, as the learner uses it), either at the
+    ADAPTED weights (``adapted=True``) or at the meta-initialisation. Damping is relative to the
+    mean diagonal of H. Layers that never see an input (e.g. the unused head of ProtoNet) fall
+    back to H = I (magnitude) without compensation.
+    """
+
+    adapted = True
+    needs_tasks = True
+
+    def __init__(self, h_data: str = DEFAULT_H_DATA, damping: float = 1e-4,
+                 patch_stride: int = 1, compensation: str = "auto"):
+        if h_data not in H_DATA_CHOICES:
+            raise ValueError(f"h_data must be one of {H_DATA_CHOICES}, got '{h_data}'")
+        if damping < 0:
+            raise ValueError(f"damping must be >= 0, got {damping}")
+        if int(patch_stride) < 1:
+            raise ValueError(f"patch_stride must be >= 1, got {patch_stride}")
+        if compensation not in ("auto", "joint", "single", "none"):
+            raise ValueError(f"compensation must be auto, joint, single or none, "
+                             f"got '{compensation}'")
+        self.h_data = h_data
+        self.damping = float(damping)
+        self.patch_stride = int(patch_stride)
+        self.compensation = compensation
+
+    def options(self):
+        return {"h_data": self.h_data, "damping": self.damping,
+                "patch_stride": self.patch_stride, "compensation": self.compensation}
+
+    def hessians(self, learner: Learner, tasks: Sequence[Task], names: Sequence[str]
+                 ) -> dict[str, torch.Tensor]:
+        """Undamped ``H`` (float64) of each layer whose weight is in ``names`` (param names);
+        layers that saw no input are missing from the result."""
+        if not tasks:
+            raise ValueError(f"{self.name} needs at least one task")
+        layers = [n[: -len(".weight")] for n in names]
+        with record_hessians(learner.model, layers, self.patch_stride) as (accs, switch):
+            for t in tasks:
+                adapted = self._adapt(learner, t)
+                with torch.no_grad():
+                    switch["on"] = True
+                    try:
+                        if self.h_data in ("support", "both"):
+                            learner.predict(adapted, t.support_x)
+                        if self.h_data in ("query", "both"):
+                            learner.predict(adapted, t.query_x)
+                    finally:
+                        switch["on"] = False
+        return {f"{ly}.weight": a.hessian() for ly, a in accs.items() if a.count > 0}
+
+    def _adapt(self, learner: Learner, task: Task) -> Adapted:
+        with torch.enable_grad():
+            a = learner.adapt(task.support_x, task.support_y,
+                              steps=None if self.adapted else 0, create_graph=False)
+        a.params = {n: p.detach() for n, p in a.params.items()}
+        if a.prototypes is not None:
+            a.prototypes = a.prototypes.detach()
+        return a
+
+    def score(self, learner, tasks, names, seed=0):
+        H = self.hessians(learner, tasks, names)
+        model = learner.model
+        scores, hinv, missing = {}, {}, []
+        for n in names:
+            mod = _module_of(model, n)
+            w = weight_matrix(mod)
+            if n not in H:
+                missing.append(n)
+                scores[n] = mod.weight.detach().double() ** 2
+                continue
+            hi = damped_inverse(H[n], self.damping)
+            hinv[n] = hi
+            s = obs_saliency(w.double(), hi)[:, : mod.weight[0].numel()]
+            scores[n] = s.reshape(mod.weight.shape)
+        if missing:
+            warnings.warn(f"{self.name}: layers {missing} received no input while running the "
+                          "learner on the tasks; they are scored by magnitude", stacklevel=2)
+        return Scores(scores, hinv, {"no_input_layers": missing})
+
+    def compensate(self, learner, scores, masks):
+        if self.compensation == "none":
+            return {}
+        model = learner.model
+        stats = {}
+        for n, hi in scores.hinv.items():
+            if n not in masks:
+                continue
+            mod = _module_of(model, n)
+            d = hi.shape[0]
+            mode = self.compensation
+            if mode == "auto":
+                mode = "joint" if d <= JOINT_MAX_DIM else "single"
+            k = mod.weight[0].numel()
+            pruned = torch.zeros(mod.weight.shape[0], d, dtype=torch.bool,
+                                 device=mod.weight.device)
+            pruned[:, :k] = masks[n].reshape(mod.weight.shape[0], -1) == 0
+            if not bool(pruned.any()):
+                continue
+            w = weight_matrix(mod)
+            delta = obs_compensation(w, hi, pruned, mode)
+            with torch.no_grad():
+                mod.weight.add_(delta[:, :k].reshape(mod.weight.shape))
+                if d > k and mod.bias is not None:
+                    mod.bias.add_(delta[:, k])
+            stats[n] = float(delta.norm() / w.norm().clamp_min(1e-30))
+        return stats
+
+
+class ANP(_OBS):
+    """Adaptation-aware pruning: OBS with H recorded under the ADAPTED weights."""
+
+    name = "anp"
+    adapted = True
+
+
+class LOBS(_OBS):
+    """Layer-wise OBS with the conventional loss: H from the UN-adapted network."""
+
+    name = "lobs"
+    adapted = False
+
+
+CRITERIA: dict[str, Callable[..., Criterion]] = {
+    "anp": ANP, "lobs": LOBS, "magnitude": Magnitude, "random": Random,
+    "taylor-meta": TaylorMeta, "taylor-meta-fo": TaylorMetaFO,
+}
+
+
+def get_criterion(name: str, **opts) -> Criterion:
+    """Build a criterion by name; options a criterion does not take are rejected."""
+    if name not in CRITERIA:
+        raise ValueError(f"unknown pruning method '{name}'; choose from {sorted(CRITERIA)}")
+    try:
+        return CRITERIA[name](**opts)
+    except TypeError as e:
+        raise ValueError(f"method '{name}' does not take options {sorted(opts)}: {e}") from e

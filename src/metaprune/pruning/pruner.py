@@ -1,0 +1,270 @@
+"""The pruning loop: score -> select (exact counts) -> OBS compensation -> masks -> masked
+re-meta-training, for each round of a one-shot or iterative schedule.
+
+With ``out_dir``, every round leaves a checkpoint ``round{r:02d}`` (weights + masks + optimiser
+state; loadable by ``load_checkpoint`` / ``metaprune evaluate``) and ``state.json`` records the
+finished rounds. A killed run called again with the same arguments resumes: between rounds from
+the last ``round{r:02d}``, within re-training from the ``work`` checkpoint that
+:func:`metaprune.training.meta_train` writes every ``checkpoint_every`` iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..checkpoint import paths, read_meta, save_checkpoint
+from ..data.tasks import Task, TaskSampler
+from ..io import atomic_write_text
+from ..learners import Learner
+from ..masks import Masks, prunable_weights, sparsity_table
+from ..training import meta_train
+from .allocation import allocate, cumulative_targets, exact_count, parse_schedule, round_ratios
+from .criteria import Criterion, Random, get_criterion
+
+__all__ = ["PruneConfig", "RoundResult", "prune", "prune_step", "restore_checkpoint",
+           "SCORE_TASK_OFFSET", "RETRAIN_TASK_OFFSET"]
+
+# task-index offsets of the sampler streams used for scoring and re-training (disjoint from
+# the dense training stream, which starts at 0)
+SCORE_TASK_OFFSET = 2_000_000_000
+RETRAIN_TASK_OFFSET = 1_000_000_000
+
+
+@dataclass
+class PruneConfig:
+    """Everything that determines a pruning run (saved in ``state.json``; a resumed run must
+    use the same values)."""
+
+    method: str = "anp"
+    sparsity: float = 0.85
+    schedule: list[float] | str | None = "default"   # increments, "one-shot" or "default"
+    allocation: str = "layerwise"
+    layer_ratios: dict[str, float] | None = None     # final per-layer ratios (layerwise)
+    tasks: int = 20                                  # scoring tasks per round
+    retrain_iters: int = 0                           # masked re-meta-training per round
+    meta_batch: int = 4
+    h_data: str | None = None                        # anp/lobs: support|query|both (None: default)
+    damping: float = 1e-4                            # relative to mean diag(H)
+    patch_stride: int = 1
+    compensation: str = "auto"                       # auto|joint|single|none (OBS criteria)
+    include_first: bool = True
+    include_last: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def targets(self) -> list[float]:
+        return cumulative_targets(self.sparsity, parse_schedule(self.schedule))
+
+    def criterion(self) -> Criterion:
+        opts: dict = {}
+        if self.method in ("anp", "lobs"):
+            opts = {"damping": self.damping, "patch_stride": self.patch_stride,
+                    "compensation": self.compensation}
+            if self.h_data is not None:
+                opts["h_data"] = self.h_data
+        elif self.method == "random":
+            opts = {"seed": self.seed}
+        return get_criterion(self.method, **opts)
+
+
+@dataclass
+class RoundResult:
+    round: int
+    target: float
+    sparsity: float              # over the prunable weights
+    global_sparsity: float       # over all parameters (BatchNorm, biases included)
+    layers: dict[str, float]
+    checkpoint: str | None = None
+    score_seconds: float = 0.0
+    retrain_seconds: float = 0.0
+    retrain_loss: float | None = None
+    retrain_acc: float | None = None
+    compensation: dict[str, float] = field(default_factory=dict)
+
+
+def _score_tasks(sampler: TaskSampler, cfg: PruneConfig, rnd: int, device) -> list[Task]:
+    start = SCORE_TASK_OFFSET + (rnd - 1) * cfg.tasks
+    return [t.to(device) for t in sampler.batch(start, cfg.tasks)]
+
+
+def prune_step(learner: Learner, criterion: Criterion, tasks: Sequence[Task],
+               ratio: float | Mapping[str, float], names: Sequence[str] | None = None,
+               allocation: str = "layerwise", seed: int = 0) -> tuple[Masks, dict]:
+    """One pruning step on ``learner`` in place: score, select exactly, compensate (OBS
+    criteria), set the masks. ``names`` defaults to every prunable weight. Returns the new masks
+    and stats (``score_seconds``, per-layer ``compensation``)."""
+    names = list(prunable_weights(learner.model) if names is None else names)
+    t0 = time.perf_counter()
+    scores = criterion.score(learner, tasks, names, seed=seed)
+    score_s = time.perf_counter() - t0
+    current = {n: learner.masks[n] for n in names if n in learner.masks}
+    new = allocate(scores.scores, ratio, allocation, current)
+    comp = criterion.compensate(learner, scores, new)
+    masks = {**learner.masks, **new}
+    learner.set_masks(masks)
+    _check_zero(learner)
+    return masks, {"score_seconds": score_s, "compensation": comp}
+
+
+def _check_zero(learner: Learner) -> None:
+    params = learner.params()
+    for n, m in learner.masks.items():
+        if bool((params[n].detach()[m == 0] != 0).any()):
+            raise RuntimeError(f"invariant broken: a pruned weight of '{n}' is not 0")
+
+
+def restore_checkpoint(learner: Learner, path: str | os.PathLike) -> dict:
+    """Load weights, buffers, masks, learner extras and optimiser state of a checkpoint into an
+    EXISTING learner (works for user models/learners that the registries do not know)."""
+    st_path, _ = paths(path)
+    doc = read_meta(path)
+    dev = next(learner.model.parameters()).device
+    tensors = load_file(str(st_path), device=str(dev))
+    with torch.no_grad():
+        for n, p in learner.model.named_parameters():
+            p.copy_(tensors[f"model.{n}"])
+        for n, b in learner.model.named_buffers():
+            if f"buffer.{n}" in tensors:
+                b.copy_(tensors[f"buffer.{n}"])
+    learner.load_extra_state({k[8:]: v for k, v in tensors.items() if k.startswith("learner.")})
+    learner._optimizer = None
+    learner.set_masks({k[5:]: v.float() for k, v in tensors.items() if k.startswith("mask.")})
+    if doc.get("optimizer"):
+        st: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, key = k.split(".", 2)
+                st.setdefault(int(idx), {})[key] = v
+        learner.optimizer.load_state_dict(
+            {"state": st, "param_groups": doc["optimizer"]["param_groups"]})
+    return doc
+
+
+class _OffsetSampler:
+    """A view of a sampler whose task ``i`` is the base sampler's task ``offset + i``."""
+
+    def __init__(self, base: TaskSampler, offset: int):
+        self.base, self.offset = base, offset
+
+    def batch(self, start: int, size: int) -> list[Task]:
+        return self.base.batch(self.offset + start, size)
+
+
+def _round_result(learner: Learner, rnd: int, target: float, names: Sequence[str]) -> RoundResult:
+    rows = sparsity_table(learner.model, {n: learner.masks[n] for n in names})
+    layers = {r["name"]: r["sparsity"] for r in rows if not r["name"].startswith("[")}
+    return RoundResult(rnd, target, rows[-2]["sparsity"], rows[-1]["sparsity"], layers)
+
+
+def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = None, *,
+          out_dir: str | os.PathLike | None = None, meta: dict | None = None,
+          device: str | torch.device = "cpu", progress: bool = True,
+          on_round: Callable[[RoundResult], None] | None = None, **overrides
+          ) -> list[RoundResult]:
+    """Prune ``learner`` in place following ``config`` (fields may also be given as keyword
+    overrides, e.g. ``prune(learner, sampler, method="anp", sparsity=0.85)``).
+
+    Each round ``r``: draw ``config.tasks`` scoring tasks from ``sampler`` (a stream disjoint
+    from training), score with the criterion, prune every prunable layer to the round's
+    cumulative target with exact counts, compensate (OBS), set the masks, then re-meta-train
+    with the masks for ``retrain_iters`` iterations (``meta_batch`` tasks each). ``meta`` is
+    stored in every checkpoint (e.g. the dense checkpoint's config and data). To resume a killed
+    run, call again with the same learner as the first call (the dense one) and ``out_dir``.
+    """
+    cfg = PruneConfig(**{**asdict(config or PruneConfig()), **overrides})
+    criterion = cfg.criterion()
+    targets = cfg.targets()
+    names = prunable_weights(learner.model, cfg.include_first, cfg.include_last)
+    if not names:
+        raise ValueError(f"{type(learner.model).__name__} has no prunable Conv2d/Linear layer")
+    for r in round_ratios(names, targets[-1], cfg.sparsity, cfg.layer_ratios).values():
+        exact_count(r, 1)  # fail early on a bad per-layer ratio
+    if cfg.retrain_iters < 0 or cfg.tasks < 0 or cfg.meta_batch < 1:
+        raise ValueError("retrain_iters and tasks must be >= 0, meta_batch >= 1")
+    if criterion.needs_tasks and cfg.tasks < 1:
+        raise ValueError(f"method '{cfg.method}' needs --tasks >= 1")
+    out = Path(out_dir) if out_dir is not None else None
+    cfg_doc = json.loads(json.dumps(asdict(cfg)))
+    results: list[RoundResult] = []
+    resume_iter = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        state_path = out / "state.json"
+        if state_path.exists():
+            state = json.loads(state_path.read_text())
+            if state.get("config") != cfg_doc:
+                raise ValueError(f"'{out}' holds a pruning run with another configuration "
+                                 f"({state.get('config')}); use another --out or the same "
+                                 "options")
+            results = [RoundResult(**r) for r in state.get("rounds", [])]
+            if results:
+                restore_checkpoint(learner, out / f"round{results[-1].round:02d}")
+        else:
+            atomic_write_text(state_path, json.dumps(
+                {"config": cfg_doc, "targets": targets, "rounds": []}, indent=2))
+        work = out / "work"
+        if paths(work)[1].exists():
+            wmeta = read_meta(work)
+            if wmeta.get("pruning", {}).get("round") == len(results) + 1:
+                restore_checkpoint(learner, work)
+                resume_iter = int(wmeta.get("iteration", 0))
+    base_meta = {k: v for k, v in (meta or {}).items()
+                 if k not in ("iteration", "train_seconds", "train_seconds_before", "metrics")}
+    criterion_opts = criterion.options()
+    for rnd in range(len(results) + 1, len(targets) + 1):
+        target = targets[rnd - 1]
+        rmeta = {**base_meta, "kind": "pruned",
+                 "pruning": {**cfg_doc, "criterion_options": criterion_opts, "round": rnd,
+                             "target": target, "targets": targets}}
+        first_iter = (rnd - 1) * cfg.retrain_iters
+        stats: dict = {"score_seconds": 0.0, "compensation": {}}
+        if resume_iter is None:
+            ratios = round_ratios(names, target, cfg.sparsity, cfg.layer_ratios)
+            ratio = ratios if cfg.layer_ratios else target
+            tasks = _score_tasks(sampler, cfg, rnd, device) if criterion.needs_tasks else []
+            seed = cfg.seed * 1000 + rnd if isinstance(criterion, Random) else rnd
+            _, stats = prune_step(learner, criterion, tasks, ratio, names, cfg.allocation, seed)
+            resume_iter = first_iter
+            if out is not None and cfg.retrain_iters > 0:
+                save_checkpoint(out / "work", learner, {**rmeta, "iteration": first_iter})
+        t0 = time.perf_counter()
+        hist: list[dict] = []
+        if cfg.retrain_iters > 0:
+            hist = meta_train(
+                learner, _OffsetSampler(sampler, RETRAIN_TASK_OFFSET), first_iter
+                + cfg.retrain_iters, cfg.meta_batch, start_iteration=resume_iter,
+                checkpoint_path=None if out is None else out / "work",
+                checkpoint_every=cfg.checkpoint_every, meta=rmeta, device=device,
+                progress=progress, desc=f"re-train round {rnd}")
+        resume_iter = None
+        _check_zero(learner)
+        res = _round_result(learner, rnd, target, names)
+        res.score_seconds = stats["score_seconds"]
+        res.compensation = stats["compensation"]
+        res.retrain_seconds = time.perf_counter() - t0
+        if hist:
+            tail = hist[-min(len(hist), 10):]
+            res.retrain_loss = sum(h["loss"] for h in tail) / len(tail)
+            res.retrain_acc = sum(h["acc"] for h in tail) / len(tail)
+        if out is not None:
+            ck = out / f"round{rnd:02d}"
+            save_checkpoint(ck, learner, {**rmeta, "iteration": first_iter + cfg.retrain_iters,
+                                          "round_result": asdict(res)})
+            res.checkpoint = str(ck)
+            results.append(res)
+            atomic_write_text(out / "state.json", json.dumps(
+                {"config": cfg_doc, "targets": targets,
+                 "rounds": [asdict(r) for r in results]}, indent=2))
+        else:
+            results.append(res)
+        if on_round is not None:
+            on_round(res)
+    return results
