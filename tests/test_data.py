@@ -329,9 +329,18 @@ def test_omniglot_cache_and_extracted_folder(tmp_path: Path, _tmp_cache: Path) -
     ext = tmp_path / "ext"
     with zipfile.ZipFile(tmp_path / "omniglot" / "images_background.zip") as zf:
         zf.extractall(ext)
-    from_dir = omniglot(ext, "background", image_size=8, disk_cache=False)
+    from_dir = omniglot(ext, "background", image_size=8)
     assert from_dir.class_names == first.class_names
     assert torch.equal(from_dir.images(5, [2]), first.images(5, [2]))
+    # editing one file of the extracted folder invalidates its cache entry
+    page = np.full((10, 10), 255, np.uint8)
+    (ext / "images_background/Gamma/character02/01_03.png").write_bytes(_png_bytes(page))
+    edited = omniglot(ext, "background", image_size=8)
+    g = edited.class_names.index("Gamma/character02")
+    assert float(edited.images(g, [2]).max()) == 0.0  # blank page -> no strokes
+    assert float(first.images(g, [2]).max()) == 1.0
+    assert torch.equal(edited.images(g, [1]), first.images(g, [1]))
+    assert len(list(_tmp_cache.glob("*.npz"))) == 4
 
 
 def test_omniglot_corrupt_member_named(tmp_path: Path) -> None:

@@ -121,7 +121,15 @@ def default_cache_dir() -> Path:
 
 
 def source_signature(path: Path) -> list:
-    """Name, size and mtime of a file (or a folder's own entry): cheap change detection."""
+    """Cheap change detection: a file's name, size and mtime; for a folder, a digest of the
+    relative path, size and mtime of every file below it (no file is read)."""
+    if path.is_dir():
+        h = hashlib.sha256()
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return [path.name, "dir", h.hexdigest()]
     st = path.stat()
     return [path.name, st.st_size, st.st_mtime_ns]
 

@@ -123,9 +123,8 @@ def miniimagenet(root: str | os.PathLike, split: str = "train", *, image_size: i
     folder = miniimagenet_dir(root)
     csv_path = folder / f"{split}.csv"
     if csv_path.is_file() and (folder / "images").is_dir():
-        key = {"source": [str(folder), source_signature(csv_path),
-                          source_signature(folder / "images")], "split": split,
-               "image_size": image_size}
+        key = {"source": [source_signature(csv_path), source_signature(folder / "images")],
+               "split": split, "image_size": image_size}
         arrays = cached_arrays(f"miniimagenet-{split}-{image_size}", key,
                                lambda: _decode_folder(folder, split, image_size),
                                cache_dir, disk_cache)
