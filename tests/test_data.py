@@ -19,6 +19,7 @@ from metaprune.data import (
     TaskList,
     TaskSampler,
     TensorClassDataset,
+    dataset_options,
     get_dataset,
     glyphs,
     resolve_data_root,
@@ -154,6 +155,21 @@ def test_unknown_name_split_option() -> None:
         get_dataset("glyphs", "train", img_size=10)
     with pytest.raises(DataError, match=r"unknown split 'dev'.*background"):
         get_dataset("omniglot", "dev", "/")
+
+
+def test_dataset_options_and_bad_values() -> None:
+    assert dataset_options("omniglot") == {
+        "image_size": 28, "rotations": False, "val_alphabets": 5, "seed": 0,
+        "cache_dir": None, "disk_cache": True}
+    assert dataset_options("miniimagenet") == {"image_size": 84, "cache_dir": None,
+                                               "disk_cache": True}
+    assert dataset_options("cub")["image_size"] == 84
+    with pytest.raises(DataError, match=r"rotations must be true or false, got 'yes'"):
+        get_dataset("omniglot", "train", "/", rotations="yes")
+    with pytest.raises(DataError, match=r"image_size must be a positive integer, got 0"):
+        get_dataset("miniimagenet", "train", "/", image_size=0)
+    with pytest.raises(DataError, match=r"channels must be 1 or 3, got 2"):
+        get_dataset("fc100", "train", "/", channels=2)
 
 
 def test_data_root_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

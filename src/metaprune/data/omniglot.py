@@ -143,6 +143,11 @@ def omniglot(root: str | os.PathLike, split: str = "background", *, image_size: 
         raise DataError(f"omniglot: unknown split '{split}' (choose from {list(SPLITS)})")
     if not isinstance(image_size, int) or image_size < 1:
         raise DataError(f"omniglot: image_size must be a positive integer, got {image_size!r}")
+    if not isinstance(rotations, bool):
+        raise DataError(f"omniglot: rotations must be true or false, got {rotations!r}")
+    for label, v in (("val_alphabets", val_alphabets), ("seed", seed)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise DataError(f"omniglot: {label} must be an integer, got {v!r}")
     part = "evaluation" if split in ("test", "evaluation") else "background"
     ds = load_part(root, part, image_size, cache_dir, disk_cache)
     if split in ("train", "val"):
