@@ -38,7 +38,7 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
         env = os.environ.get(ENV_VAR)
         if not env:
             raise DataError(f"no data root: pass the 'root' option (data.root in a config, "
-                            f"--data-root on the command line) or set the {ENV_VAR} "
+                            f"--root on the command line) or set the {ENV_VAR} "
                             f"environment variable")
         path, origin = Path(env).expanduser(), f"{ENV_VAR}={env}"
     else:
