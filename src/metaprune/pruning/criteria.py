@@ -237,7 +237,7 @@ class _OBS(Criterion):
         scores, hinv, missing = {}, {}, []
         for n in names:
             mod = _module_of(model, n)
-            w = weight_matrix(mod)
+            w = weight_matrix(mod).detach()
             if n not in H:
                 missing.append(n)
                 scores[n] = mod.weight.detach().double() ** 2
@@ -270,7 +270,7 @@ class _OBS(Criterion):
             pruned[:, :k] = masks[n].reshape(mod.weight.shape[0], -1) == 0
             if not bool(pruned.any()):
                 continue
-            w = weight_matrix(mod)
+            w = weight_matrix(mod).detach()
             delta = obs_compensation(w, hi, pruned, mode)
             with torch.no_grad():
                 mod.weight.add_(delta[:, :k].reshape(mod.weight.shape))

@@ -148,6 +148,12 @@ def restore_checkpoint(learner: Learner, path: str | os.PathLike) -> dict:
     return doc
 
 
+# sidecar keys written by save_checkpoint / meta_train / this module: never copied over
+_RESERVED_META = {"format", "version", "model", "learner", "optimizer", "git_commit",
+                  "tensors_sha256", "iteration", "train_seconds", "train_seconds_before",
+                  "metrics", "kind", "pruning", "round_result"}
+
+
 class _OffsetSampler:
     """A view of a sampler whose task ``i`` is the base sampler's task ``offset + i``."""
 
@@ -216,8 +222,7 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
             if wmeta.get("pruning", {}).get("round") == len(results) + 1:
                 restore_checkpoint(learner, work)
                 resume_iter = int(wmeta.get("iteration", 0))
-    base_meta = {k: v for k, v in (meta or {}).items()
-                 if k not in ("iteration", "train_seconds", "train_seconds_before", "metrics")}
+    base_meta = {k: v for k, v in (meta or {}).items() if k not in _RESERVED_META}
     criterion_opts = criterion.options()
     for rnd in range(len(results) + 1, len(targets) + 1):
         target = targets[rnd - 1]

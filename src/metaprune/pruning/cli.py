@@ -1,0 +1,120 @@
+"""``metaprune prune CHECKPOINT --method anp --sparsity 0.85 --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from ..masks import format_sparsity_table, sparsity_table
+from .criteria import CRITERIA, DEFAULT_H_DATA, H_DATA_CHOICES
+from .pruner import PruneConfig, prune
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune", help="prune a meta-trained checkpoint (ANP or a baseline), re-meta-training "
+        "between rounds; resumes if killed",
+        description="Prune every Conv2d/Linear weight of a checkpoint to --sparsity following a "
+        "schedule; after each round the masked network is re-meta-trained and saved as "
+        "OUT/roundNN (loadable by 'metaprune evaluate').")
+    p.add_argument("checkpoint", help="dense (or partly pruned) checkpoint from 'metaprune train'")
+    p.add_argument("--method", default="anp", choices=sorted(CRITERIA))
+    p.add_argument("--sparsity", type=float, default=0.85,
+                   help="final fraction of each layer's weights to prune (default 0.85)")
+    p.add_argument("--schedule", default="default",
+                   help="per-round increments, e.g. '0.1x8,0.05' (the default), or 'one-shot'")
+    p.add_argument("--retrain-iters", type=int, default=100,
+                   help="masked re-meta-training iterations after each round (default 100)")
+    p.add_argument("--meta-batch", type=int,
+                   help="tasks per re-training iteration (default: the checkpoint's config, 4)")
+    p.add_argument("--tasks", type=int, default=20, help="scoring tasks per round (default 20)")
+    p.add_argument("--h-data", choices=H_DATA_CHOICES, default=None,
+                   help=f"anp/lobs: data whose layer inputs form H (default {DEFAULT_H_DATA})")
+    p.add_argument("--damping", type=float, default=1e-4,
+                   help="anp/lobs: damping relative to the mean diagonal of H (default 1e-4)")
+    p.add_argument("--patch-stride", type=int, default=1,
+                   help="anp/lobs: keep every n-th conv patch when forming H (default 1)")
+    p.add_argument("--compensation", choices=["auto", "joint", "single", "none"],
+                   default="auto", help="anp/lobs OBS weight update (default auto)")
+    p.add_argument("--allocation", choices=["layerwise", "global"], default="layerwise")
+    p.add_argument("--layer-ratio", action="append", default=[], metavar="PARAM=RATIO",
+                   help="final sparsity of one layer, e.g. features.0.0.weight=0.5 (repeatable)")
+    p.add_argument("--exclude-first", action="store_true", help="do not prune the first layer")
+    p.add_argument("--exclude-last", action="store_true", help="do not prune the last layer")
+    p.add_argument("--seed", type=int, default=0, help="task stream seed (default: config's)")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--out", required=True, help="output folder (roundNN checkpoints, state)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_prune)
+
+
+def _dataset(data: dict, split_key: str = "train_split"):
+    name, split = data["dataset"], data.get(split_key, "train")
+    options = data.get("options") or {}
+    try:
+        from ..data.registry import get_dataset
+    except ModuleNotFoundError:  # registry not available: the embedded dataset only
+        if name != "glyphs":
+            raise ValueError(f"dataset '{name}' needs metaprune.data.registry") from None
+        from ..data.glyphs import glyphs
+
+        return glyphs(split, **options)
+    return get_dataset(name, split, data.get("root"), **options)
+
+
+def _layer_ratios(items: list[str]) -> dict[str, float] | None:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"--layer-ratio '{it}' is not of the form PARAM=RATIO")
+        k, v = it.split("=", 1)
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise ValueError(f"--layer-ratio '{it}': '{v}' is not a number") from None
+    return out or None
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..data.tasks import TaskSampler
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    device = torch.device(args.device)
+    ck = load_checkpoint(args.checkpoint, device=device)
+    data = ck.meta.get("data") or (ck.meta.get("config") or {}).get("data")
+    if not data:
+        raise ValueError(f"checkpoint '{args.checkpoint}' records no training data "
+                         "(sidecar key 'data'); prune it from Python with metaprune.pruning.prune")
+    dataset = _dataset(data)
+    sampler = TaskSampler(dataset, int(data["n_way"]), int(data["k_shot"]),
+                          int(data["q_query"]), seed=args.seed,
+                          name=f"{data['dataset']}/{data.get('train_split', 'train')}")
+    train_cfg = (ck.meta.get("config") or {}).get("train") or {}
+    meta_batch = args.meta_batch or int(train_cfg.get("meta_batch", 4))
+    cfg = PruneConfig(
+        method=args.method, sparsity=args.sparsity, schedule=args.schedule,
+        allocation=args.allocation, layer_ratios=_layer_ratios(args.layer_ratio),
+        tasks=args.tasks, retrain_iters=args.retrain_iters, meta_batch=meta_batch,
+        h_data=args.h_data, damping=args.damping, patch_stride=args.patch_stride,
+        compensation=args.compensation, include_first=not args.exclude_first,
+        include_last=not args.exclude_last, seed=args.seed,
+        checkpoint_every=args.checkpoint_every)
+    meta = {**ck.meta, "source_checkpoint": str(args.checkpoint)}
+
+    def report(r) -> None:
+        print(f"round {r.round}: target {100 * r.target:.1f}%, prunable sparsity "
+              f"{100 * r.sparsity:.2f}%, scoring {r.score_seconds:.1f}s, re-training "
+              f"{r.retrain_seconds:.1f}s -> {r.checkpoint}", file=sys.stderr, flush=True)
+
+    results = prune(ck.learner, sampler, cfg, out_dir=args.out, meta=meta, device=device,
+                    progress=not args.no_progress, on_round=report)
+    learner = ck.learner
+    print(format_sparsity_table(sparsity_table(learner.model, learner.masks)))
+    last = results[-1]
+    print(f"{args.method}: {len(results)} round(s), final checkpoint {last.checkpoint}")
+    return 0
