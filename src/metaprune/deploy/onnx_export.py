@@ -10,8 +10,8 @@ independently, with a dynamic batch dimension; batch 1 is well defined.
 Why not export the backbone as it is: with ``track_running_stats=False`` the exporter keeps
 batch statistics (ReduceMean/Sub/Mul ops around BatchNormalization), so the ONNX graph is as
 transductive as the PyTorch module: its output for an image depends on the other images in the
-batch, and with batch 1 Conv4's last BatchNorm (1x1 feature map) outputs its bias for every
-input, i.e. one constant prediction.
+batch, and batch 1 normalises each image with its own spatial statistics, which the adapted
+weights were never trained with.
 
 The class names, the adaptation kind and the BatchNorm mode are stored in the ONNX model's
 ``metadata_props`` so the file is self-describing.

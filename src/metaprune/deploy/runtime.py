@@ -15,8 +15,9 @@ BatchNorm. The backbones use BatchNorm with ``track_running_stats=False``: every
 normalises with the statistics of its own batch. During adaptation that is what the library
 does (support-batch statistics) and the runtime does the same. For prediction the library
 normalises the whole query batch together (transductive); on a device that is ill defined:
-a single query image gets statistics of its own (with a 1x1 final feature map Conv4's last
-BatchNorm then outputs its bias whatever the image, so every image gets the same prediction).
+an image's prediction depends on which other images share its batch, and a single image is
+normalised with its own per-image spatial statistics (instance normalisation), which the
+adapted weights never saw (a layer with a 1x1 map would even output its bias for any image).
 The runtime therefore freezes, after adaptation, each BatchNorm layer's statistics computed on
 the support set with the adapted weights (the statistics the adapted weights were trained
 with) and predicts every image independently with them (``bn="support"``, the default).
