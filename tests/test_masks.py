@@ -8,8 +8,7 @@ import torch
 from metaprune.data.glyphs import glyphs
 from metaprune.data.tasks import TaskSampler
 from metaprune.learners import build_learner
-from metaprune.masks import (format_sparsity_table, prunable_weights, sparsity_table,
-                             validate_masks)
+from metaprune.masks import format_sparsity_table, prunable_weights, sparsity_table, validate_masks
 from metaprune.models import build_model
 
 LEARNER_NAMES = ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet"]

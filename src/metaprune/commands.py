@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -137,7 +136,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, _device(args.device))
 
 
-def _timed(fn, *a, **kw):
-    t = time.perf_counter()
-    r = fn(*a, **kw)
-    return r, time.perf_counter() - t

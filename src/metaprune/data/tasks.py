@@ -57,7 +57,7 @@ class Task:
 
 
 class TaskSampler:
-    """Draws N-way K-shot Q-query tasks from a ``ClassDataset``; task i depends only on (seed, i)."""
+    """Draws N-way K-shot Q-query tasks from a ``ClassDataset``; task i depends on (seed, i)."""
 
     def __init__(self, dataset: ClassDataset, n_way: int, k_shot: int, q_query: int,
                  seed: int = 0, name: str = "dataset"):

@@ -1,0 +1,76 @@
+"""Shared helpers for benchmark scripts: machine description and result files (CSV + md)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True,
+                               cwd=Path(__file__).parent).stdout.strip()
+        commit += " (+uncommitted changes)" if dirty else ""
+    except OSError:
+        commit = "unknown"
+    return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "cpu": f"{cpu} ({os.cpu_count()} cores)", "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "git_commit": commit}
+
+
+def command_line() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    from metaprune.io import atomic_write_text
+
+    buf = io.StringIO()
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    cols = columns or list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def header(title: str, notes: str = "", command: str | None = None) -> str:
+    m = machine()
+    lines = [f"# {title}", "", f"- command: `{command or command_line()}`",
+             f"- date: {m['date']}", f"- machine: {m['cpu']}; GPU: {m['gpu']}",
+             f"- torch {m['torch']}, Python {m['python']}, git commit {m['git_commit']}"]
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines) + "\n"
