@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--tag", default="5w1s_conv4_cpu")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--results-dir", default=str(RESULTS))
     args = ap.parse_args()
     t0 = time.perf_counter()
     argv = ["train", "--config", args.config, "--out", args.run_dir, "--device", args.device]
@@ -47,15 +48,17 @@ def main() -> None:
            "inner_steps_test": cfg["learner"]["eval_inner_steps"],
            "accuracy": round(100 * test["accuracy"], 2), "ci95": round(100 * test["ci95"], 2),
            "test_tasks": test["tasks"], "train_seconds": round(doc.get("train_seconds", 0), 1),
-           "wall_seconds_this_invocation": round(wall, 1), "device": args.device}
-    RESULTS.mkdir(exist_ok=True)
-    write_csv(RESULTS / f"omniglot_maml_{args.tag}.csv", [row])
+           "wall_seconds_this_invocation": round(wall, 1), "device": args.device,
+           "data": "full Omniglot (shared/data), background+rotations -> evaluation"}
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    write_csv(results / f"omniglot_maml_{args.tag}.csv", [row])
     md = header(f"MAML on Omniglot ({row['setting']})",
                 "Full Omniglot from shared/data: meta-train on images_background (964 "
                 "characters x 4 rotations), meta-test on images_evaluation (659 characters), "
                 "28x28, 600 fixed test tasks with 15 queries per class.")
     md += "\n" + markdown_table([row]) + "\n"
-    (RESULTS / f"omniglot_maml_{args.tag}.md").write_text(md)
+    (results / f"omniglot_maml_{args.tag}.md").write_text(md)
     print(md)
 
 

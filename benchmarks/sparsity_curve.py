@@ -1,0 +1,230 @@
+"""Accuracy vs sparsity: ANP against every baseline, one command per setting, resumable.
+
+1. meta-train the dense model once (reused if its checkpoint is finished),
+2. prune it with each method (same schedule, same re-meta-training budget),
+3. evaluate dense and every method after the rounds that reach 50/70/85/90/95% sparsity on the
+   SAME fixed test tasks (paired),
+4. write benchmarks/results/sparsity_<setting>.{csv,md,png}.
+
+Every stage caches its output in --run-dir, so re-running the same command after a kill
+continues where it stopped.
+
+    METAPRUNE_DATA=../shared/data nohup python benchmarks/sparsity_curve.py --setting A &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from _report import RESULTS, header, markdown_table, write_csv
+
+from metaprune.checkpoint import load_checkpoint
+from metaprune.config import load_config
+from metaprune.evaluation import EvalResult, evaluate, paired_difference
+from metaprune.experiment import load_split, make_learner, test_tasks, train_sampler
+from metaprune.io import atomic_write_text
+from metaprune.pruning import prune
+from metaprune.training import last_iteration, meta_train
+
+ALL_METHODS = ["anp", "lobs", "magnitude", "random", "taylor-meta", "taylor-meta-fo"]
+# cumulative sparsity after each round: 10%, ..., 80%, 85%, 90%, 95%
+SCHEDULE = [0.1] * 8 + [0.05, 0.05, 0.05]
+REPORT_AT = [0.5, 0.7, 0.85, 0.9, 0.95]
+
+OMNI = ["data.dataset=omniglot", "data.options={image_size: 28, rotations: true}",
+        "data.train_split=background", "data.test_split=test", "model.name=conv4"]
+SETTINGS: dict[str, dict] = {
+    "A": {"title": "Omniglot 5-way 1-shot, Conv4, MAML",
+          "set": OMNI + ["data.n_way=5", "data.k_shot=1", "data.q_query=15",
+                         "model.kwargs={width: 64}", "learner.name=maml",
+                         "learner.inner_lr=0.4", "learner.inner_steps=1",
+                         "learner.eval_inner_steps=3", "train.meta_batch=16"],
+          "iterations": 3000, "retrain_iters": 100, "methods": ALL_METHODS},
+    "B": {"title": "Omniglot 20-way 1-shot, Conv4, MAML",
+          "set": OMNI + ["data.n_way=20", "data.k_shot=1", "data.q_query=5",
+                         "eval.q_query=15", "model.kwargs={width: 64}", "learner.name=maml",
+                         "learner.inner_lr=0.1", "learner.inner_steps=2",
+                         "learner.eval_inner_steps=5", "train.meta_batch=8"],
+          "iterations": 3000, "retrain_iters": 100, "methods": ALL_METHODS},
+    "C": {"title": "mini-ImageNet (reduced) 5-way 1-shot, Conv4-32, MAML, 42 px",
+          "set": ["data.dataset=miniimagenet", "data.options={image_size: 42}",
+                  "data.n_way=5", "data.k_shot=1", "data.q_query=15", "model.name=conv4",
+                  "model.kwargs={width: 32}", "learner.name=maml", "learner.inner_lr=0.01",
+                  "learner.inner_steps=5", "learner.eval_inner_steps=10",
+                  "train.meta_batch=4"],
+          "iterations": 3000, "retrain_iters": 100, "methods": ALL_METHODS},
+    "D": {"title": "Omniglot 5-way 1-shot, ResNet-12 (16-32-64-128), MAML",
+          "set": OMNI[:-1] + ["data.n_way=5", "data.k_shot=1", "data.q_query=15",
+                              "model.name=resnet12", "model.kwargs={widths: [16, 32, 64, 128]}",
+                              "learner.name=maml", "learner.inner_lr=0.4",
+                              "learner.inner_steps=1", "learner.eval_inner_steps=3",
+                              "train.meta_batch=16"],
+          "iterations": 2000, "retrain_iters": 100, "methods": ["anp", "magnitude"],
+          "report_at": [0.85]},
+}
+for _learner, _extra in [("fomaml", []), ("reptile", ["learner.inner_lr=0.1",
+                                                      "learner.inner_steps=5",
+                                                      "learner.eval_inner_steps=10"]),
+                         ("protonet", [])]:
+    SETTINGS[f"E-{_learner}"] = {
+        "title": f"Omniglot 5-way 1-shot, Conv4, {_learner}",
+        "set": SETTINGS["A"]["set"] + [f"learner.name={_learner}"] + _extra,
+        "iterations": 3000, "retrain_iters": 100, "methods": ["anp", "magnitude"],
+        "report_at": [0.85]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--setting", required=True, choices=sorted(SETTINGS))
+    ap.add_argument("--run-dir", help="default: runs/sparsity_<setting>")
+    ap.add_argument("--results-dir", default=str(RESULTS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--iterations", type=int, help="dense meta-training iterations")
+    ap.add_argument("--retrain-iters", type=int, help="re-meta-training iterations per round")
+    ap.add_argument("--methods", help="comma-separated subset of the setting's methods")
+    ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
+    ap.add_argument("--set", action="append", default=[], help="extra config override")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+    setting = SETTINGS[args.setting]
+    iterations = args.iterations or setting["iterations"]
+    retrain = setting["retrain_iters"] if args.retrain_iters is None else args.retrain_iters
+    methods = args.methods.split(",") if args.methods else setting["methods"]
+    report_at = setting.get("report_at", REPORT_AT)
+    schedule = SCHEDULE[: 1 + max(i for i, t in enumerate(_cumulative(SCHEDULE))
+                                  if t <= max(report_at) + 1e-9)]
+    run = Path(args.run_dir or f"runs/sparsity_{args.setting}")
+    cfg = load_config(None, setting["set"] + [f"train.iterations={iterations}",
+                                              f"eval.tasks={args.tasks}"] + args.set)
+    progress = not args.no_progress
+    timings: dict[str, float] = {}
+
+    # 1. dense model
+    train_data = load_split(cfg["data"], "train_split")
+    test_data = load_split(cfg["data"], "test_split")
+    sampler = train_sampler(cfg, train_data)
+    tasks = test_tasks(cfg, test_data)
+    tasks.save(run / "test_tasks.json")
+    dense_ck = run / "dense"
+    done = last_iteration(dense_ck) or 0
+    learner = (load_checkpoint(dense_ck, device=args.device).learner if done
+               else make_learner(cfg, train_data, args.device))
+    t0 = time.perf_counter()
+    meta_train(learner, sampler, iterations, cfg["train"]["meta_batch"], start_iteration=done,
+               checkpoint_path=dense_ck, checkpoint_every=250,
+               meta={"config": cfg, "data": cfg["data"], "kind": "dense"},
+               device=args.device, progress=progress, desc="dense")
+    timings["dense_train"] = json.loads((run / "dense.json").read_text()).get(
+        "train_seconds", time.perf_counter() - t0)
+
+    def cached_eval(lrn, path: Path, desc: str) -> EvalResult:
+        if path.exists():
+            res = EvalResult.load(path)
+            if res.task_fingerprint == tasks.fingerprint():
+                return res
+        t = time.perf_counter()
+        res = evaluate(lrn, test_data, tasks, device=args.device, progress=progress, desc=desc)
+        res.meta["eval_seconds"] = time.perf_counter() - t
+        res.save(path)
+        return res
+
+    dense = cached_eval(learner, run / "eval_dense.json", "evaluate dense")
+    rows = [_row(args.setting, "dense", 0.0, 0.0, dense, None, timings["dense_train"], 0.0)]
+
+    # 2-3. each method: prune (resumable), evaluate the reported rounds
+    targets = _cumulative(schedule)
+    for method in methods:
+        pruned = load_checkpoint(dense_ck, device=args.device).learner
+        t0 = time.perf_counter()
+        rounds = prune(pruned, sampler, method=method, sparsity=targets[-1], schedule=schedule,
+                       retrain_iters=retrain, meta_batch=cfg["train"]["meta_batch"], tasks=20,
+                       out_dir=run / method, meta={"config": cfg, "data": cfg["data"]},
+                       device=args.device, progress=progress)
+        by_target = {round(r.target, 4): r for r in rounds}
+        for target in report_at:
+            r = by_target[round(target, 4)]
+            ck = load_checkpoint(run / method / f"round{r.round:02d}", device=args.device,
+                                 with_optimizer=False)
+            res = cached_eval(ck.learner, run / method / f"eval_round{r.round:02d}.json",
+                              f"evaluate {method} {target:.0%}")
+            prune_s = sum(x.score_seconds + x.retrain_seconds for x in rounds[: r.round])
+            rows.append(_row(args.setting, method, target, r.sparsity, res,
+                             paired_difference(res, dense), prune_s, r.score_seconds))
+        timings[method] = time.perf_counter() - t0
+        _write(args, setting, cfg, rows, iterations, retrain, schedule)
+    _write(args, setting, cfg, rows, iterations, retrain, schedule)
+
+
+def _cumulative(schedule: list[float]) -> list[float]:
+    out, s = [], 0.0
+    for inc in schedule:
+        s = round(s + inc, 6)
+        out.append(s)
+    return out
+
+
+def _row(setting, method, target, sparsity, res: EvalResult, diff, seconds, score_s) -> dict:
+    return {"setting": setting, "method": method, "target_sparsity": target,
+            "sparsity": round(sparsity, 4), "accuracy": round(100 * res.accuracy, 2),
+            "ci95": round(100 * res.ci95, 2),
+            "diff_vs_dense": None if diff is None else round(100 * diff.mean, 2),
+            "diff_ci95": None if diff is None else round(100 * diff.ci95, 2),
+            "tasks": int(res.accuracies.size),
+            "seconds_to_reach": round(seconds, 1), "last_score_seconds": round(score_s, 2)}
+
+
+def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"sparsity_{args.setting}"
+    write_csv(stem.with_suffix(".csv"), rows)
+    d = cfg["data"]
+    notes = (f"Setting {args.setting}: {setting['title']}. Data: {d['dataset']} "
+             f"({d['train_split']} -> {d['test_split']}, options {d['options']}) read from "
+             f"$METAPRUNE_DATA (shared/data; mini-ImageNet is the REDUCED 100-images-per-class "
+             f"copy, not comparable with published numbers). Model {cfg['model']}, learner "
+             f"{cfg['learner']}. Dense: {iterations} iterations x {cfg['train']['meta_batch']} "
+             f"tasks. Pruning: schedule {schedule} (cumulative), {retrain} masked "
+             f"re-meta-training iterations per round, 20 scoring tasks per round. "
+             f"{rows[0]['tasks']} fixed test tasks, {d['q_query']} queries per class in "
+             f"training. `diff_vs_dense` is the paired per-task difference (points) with its "
+             f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round.")
+    md = header(f"Accuracy vs sparsity: {setting['title']}", notes) + "\n"
+    md += markdown_table(rows) + "\n"
+    png = _plot(rows, stem.with_suffix(".png"), setting["title"])
+    if png:
+        md += f"\n![accuracy vs sparsity]({png.name})\n"
+    atomic_write_text(stem.with_suffix(".md"), md)
+
+
+def _plot(rows: list[dict], path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    dense = rows[0]
+    ax.axhline(dense["accuracy"], color="k", ls="--", lw=1, label="dense")
+    for method in dict.fromkeys(r["method"] for r in rows[1:]):
+        rs = [r for r in rows if r["method"] == method]
+        ax.errorbar([100 * r["target_sparsity"] for r in rs], [r["accuracy"] for r in rs],
+                    yerr=[r["ci95"] for r in rs], marker="o", capsize=3, label=method)
+    ax.set_xlabel("sparsity of prunable weights (%)")
+    ax.set_ylabel("meta-test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()
