@@ -316,7 +316,8 @@ class SizeReport:
                 "prunable weight)",
                 f"compact / limit:    {self.ratio:>10.3f}",
                 f"prunable weights:   {self.prunable:>10,}  kept {self.kept:,} "
-                f"({100 * (1 - self.kept / max(self.prunable, 1)):.1f}% pruned)"]
+                f"({100 * (1 - self.kept / self.prunable):.1f}% pruned)" if self.prunable
+                else "prunable weights:            0  (no masks: a dense model)"]
 
 
 def size_report(path: str | os.PathLike, mpz: MPZ | None = None) -> SizeReport:
