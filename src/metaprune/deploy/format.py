@@ -215,6 +215,9 @@ def save_mpz(path: str | os.PathLike, mpz: MPZ) -> Path:
     try:
         save_file(tensors, str(tmp), metadata={"mpz": json.dumps(meta, separators=(",", ":"))})
         os.replace(tmp, path)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(path, 0o666 & ~umask)  # safetensors creates 0600 files
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise FormatError(f"cannot write '{path}': {e}") from e
