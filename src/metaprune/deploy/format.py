@@ -46,6 +46,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import slim  # noqa: F401  (registers "conv4-slim")
+
 FORMAT = "metaprune-mpz"
 VERSION = 1
 ENCODINGS = ("dense", "full", "bitmask", "delta8", "delta16", "like")
