@@ -1,0 +1,254 @@
+"""Device report: what each model costs on a CPU device and how well it adapts.
+
+For every model (a checkpoint; exported to .mpz here): stored bytes (.mpz on disk), parameters
+(total and non-zero), FLOPs per image (dense execution, and counting non-zero weights only),
+batch-1 CPU inference latency of the adapted model (support-statistics BatchNorm, as the
+runtime predicts), adaptation wall time (runtime, stored rule), peak memory during adaptation
+(measured in a fresh subprocess: increase of the resident set's high-water mark, VmHWM reset via
+/proc/self/clear_refs, plus tracemalloc's peak of Python allocations), and accuracy (runtime,
+support-statistics BatchNorm) on fixed test tasks.
+
+    python benchmarks/device_report.py --model dense=runs/glyphs/model \\
+        --model anp85=runs/glyphs-anp85/round09 --model structured=runs/glyphs-slim50/model \\
+        [--tasks 600] [--threads 1] [--out benchmarks/results/device_report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memprobe(mpz: str, n_way: int, k_shot: int, seed: int) -> dict:
+    """Runs in a fresh process: peak memory of one adaptation (after loading everything)."""
+    from metaprune.deploy.runtime import DeviceModel
+
+    dm = DeviceModel.load(mpz)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_way * k_shot, dm.channels, dm.size, dm.size, generator=g)
+    y = torch.arange(n_way).repeat_interleave(k_shot)
+    first = torch.arange(n_way) * k_shot
+    dm.adapt(x[first], y[first], steps=1)  # warm-up: lazy initialisations, thread pools
+    gc.collect()
+    base = _rss_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")   # reset VmHWM to the current RSS
+    tracemalloc.start()
+    a = dm.adapt(x, y)
+    a.inference_module()
+    _, py_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"rss_peak_delta_kb": _rss_kb("VmHWM") - base, "tracemalloc_peak_kb": py_peak / 1024,
+            "rss_base_kb": base}
+
+
+def flops(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(dense, non-zero-weight) FLOPs (2 x multiply-adds) of conv/linear layers, one image."""
+    dense = nonzero = 0
+    hooks = []
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal dense, nonzero
+        positions = out[0].numel() // m.weight.shape[0]   # spatial positions (1 for Linear)
+        per_out = m.weight[0].numel()
+        dense += 2 * out[0].numel() * per_out
+        nonzero += 2 * positions * int((m.weight != 0).sum())
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(hook))
+    with torch.no_grad():
+        model(torch.rand(2, *shape))
+    for h in hooks:
+        h.remove()
+    return dense, nonzero
+
+
+def median_time(fn, reps: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
+    from metaprune.checkpoint import load_checkpoint
+    from metaprune.data.registry import get_dataset
+    from metaprune.data.tasks import TaskSampler
+    from metaprune.deploy.format import mpz_from_learner, save_mpz, size_report
+    from metaprune.deploy.runtime import DeviceModel
+
+    ck = load_checkpoint(ckpt, with_optimizer=False)
+    mpz_path = save_mpz(tmp / f"{name}.mpz", mpz_from_learner(ck.learner))
+    rep = size_report(mpz_path)
+    dm = DeviceModel.load(mpz_path)
+    shape = (dm.channels, dm.size, dm.size)
+    n_params = sum(p.numel() for p in dm.model.parameters())
+    n_nonzero = sum(int((p != 0).sum()) for p in dm.model.parameters())
+    f_dense, f_nz = flops(dm.model, shape)
+    # accuracy on fixed test tasks, runtime path (support-statistics BatchNorm)
+    ds = get_dataset(args.dataset, args.split)
+    sampler = TaskSampler(ds, args.n_way, 1, args.queries, seed=args.seed)
+    accs = []
+    for i in range(args.tasks):
+        t = sampler.task(i)
+        a = dm.adapt(t.support_x, t.support_y)
+        accs.append((a.logits(t.query_x).argmax(1) == t.query_y).float().mean().item())
+    acc = 100 * sum(accs) / len(accs)
+    ci = 196 * statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
+    # timings on one task
+    t = sampler.task(0)
+    adapt_s = median_time(lambda: dm.adapt(t.support_x, t.support_y), args.reps_adapt)
+    net = dm.adapt(t.support_x, t.support_y).inference_module()
+    one = t.query_x[:1]
+    with torch.no_grad():
+        latency_s = median_time(lambda: net(one), args.reps_infer, warmup=20)
+    # peak memory in a fresh process
+    out = subprocess.run([sys.executable, __file__, "--memprobe", str(mpz_path), "--n-way",
+                          str(args.n_way), "--k-shot", str(args.mem_k_shot),
+                          "--threads", str(args.threads)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    if out.returncode:
+        raise RuntimeError(f"memory probe failed for {name}: {out.stderr[-2000:]}")
+    mem = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"model": name, "checkpoint": ckpt, "architecture": json.dumps(dm.meta["model"]),
+            "stored_bytes": rep.compact_bytes, "dense_bytes": rep.dense_bytes,
+            "params": n_params, "nonzero_params": n_nonzero,
+            "mflops_dense": f_dense / 1e6, "mflops_nonzero": f_nz / 1e6,
+            "latency_ms_b1": 1000 * latency_s, "adapt_ms": 1000 * adapt_s,
+            "adapt_peak_rss_kb": mem["rss_peak_delta_kb"],
+            "adapt_tracemalloc_peak_kb": round(mem["tracemalloc_peak_kb"], 1),
+            "accuracy": round(acc, 2), "accuracy_ci95": round(ci, 2)}
+
+
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
+    ap.add_argument("--dataset", default="glyphs")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--n-way", type=int, default=5)
+    ap.add_argument("--queries", type=int, default=15)
+    ap.add_argument("--tasks", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--mem-k-shot", type=int, default=5,
+                    help="support images per class in the memory probe (default 5)")
+    ap.add_argument("--k-shot", type=int, default=5, help=argparse.SUPPRESS)
+    ap.add_argument("--reps-adapt", type=int, default=30)
+    ap.add_argument("--reps-infer", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/device_report"))
+    ap.add_argument("--memprobe", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memprobe:
+        print(json.dumps(memprobe(args.memprobe, args.n_way, args.k_shot, args.seed)))
+        return 0
+    if not args.model:
+        ap.error("give at least one --model NAME=CHECKPOINT")
+    import metaprune.deploy.slim  # noqa: F401  (conv4-slim checkpoints)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.model:
+            name, sep, ckpt = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--model '{spec}': expected NAME=CHECKPOINT")
+            t0 = time.time()
+            rows.append(measure(name, ckpt, args, Path(tmp)))
+            print(f"{name}: done in {time.time() - t0:.0f}s", file=sys.stderr)
+    base = rows[0]
+    for r in rows:
+        r["latency_vs_first"] = round(r["latency_ms_b1"] / base["latency_ms_b1"], 3)
+        r["adapt_mem_vs_first"] = round(r["adapt_peak_rss_kb"] / max(base["adapt_peak_rss_kb"],
+                                                                      1), 3)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = "python benchmarks/device_report.py " + " ".join(argv if argv is not None
+                                                           else sys.argv[1:])
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = [f"# Device report ({args.dataset}/{args.split}, {args.n_way}-way 1-shot)", "",
+          f"- command: `{cmd}`", f"- date: {now}", f"- machine: {machine()}",
+          f"- git commit: {git_commit()}", f"- torch threads: {args.threads}",
+          f"- accuracy: runtime adaptation (stored rule) and support-statistics BatchNorm on "
+          f"{args.tasks} fixed test tasks ({args.queries} queries per class, seed {args.seed})",
+          f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model;"
+          f" adaptation: median of {args.reps_adapt} runtime adaptations on a 5-way 1-shot "
+          "support set",
+          f"- adaptation peak memory: fresh process, {args.n_way}-way {args.mem_k_shot}-shot "
+          "support set, increase of the peak resident set (VmHWM) over the resident set just "
+          "before adapting; tracemalloc = Python-level allocations only", "",
+          "| model | stored bytes | params (non-zero) | MFLOPs dense (non-zero w.) "
+          "| latency b=1 ms | adapt ms | adapt peak RSS KiB | tracemalloc KiB "
+          "| accuracy % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['model']} | {r['stored_bytes']:,} | {r['params']:,} "
+                  f"({r['nonzero_params']:,}) | {r['mflops_dense']:.2f} "
+                  f"({r['mflops_nonzero']:.2f}) | {r['latency_ms_b1']:.3f} "
+                  f"({r['latency_vs_first']:.2f}x) | {r['adapt_ms']:.1f} | "
+                  f"{r['adapt_peak_rss_kb']:,} ({r['adapt_mem_vs_first']:.2f}x) | "
+                  f"{r['adapt_tracemalloc_peak_kb']:.1f} | "
+                  f"{r['accuracy']:.2f} +- {r['accuracy_ci95']:.2f} |")
+    md.append("")
+    md.append("Architectures: " + "; ".join(f"{r['model']}: `{r['architecture']}`"
+                                            for r in rows))
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
