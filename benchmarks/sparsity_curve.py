@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--methods", help="comma-separated subset of the setting's methods")
     ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
+    ap.add_argument("--note", default="", help="extra sentence for the results file")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     setting = SETTINGS[args.setting]
@@ -117,8 +118,9 @@ def main() -> None:
                checkpoint_path=dense_ck, checkpoint_every=250,
                meta={"config": cfg, "data": cfg["data"], "kind": "dense"},
                device=args.device, progress=progress, desc="dense")
-    timings["dense_train"] = json.loads((run / "dense.json").read_text()).get(
-        "train_seconds", time.perf_counter() - t0)
+    dense_doc = json.loads((run / "dense.json").read_text())
+    timings["dense_train"] = dense_doc.get("train_seconds", time.perf_counter() - t0)
+    args.dense_meta_batch = dense_doc["config"]["train"]["meta_batch"]
 
     def cached_eval(lrn, path: Path, desc: str) -> EvalResult:
         if path.exists():
@@ -186,12 +188,14 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"({d['train_split']} -> {d['test_split']}, options {d['options']}) read from "
              f"$METAPRUNE_DATA (shared/data; mini-ImageNet is the REDUCED 100-images-per-class "
              f"copy, not comparable with published numbers). Model {cfg['model']}, learner "
-             f"{cfg['learner']}. Dense: {iterations} iterations x {cfg['train']['meta_batch']} "
+             f"{cfg['learner']}. Dense: {iterations} iterations x {args.dense_meta_batch} "
              f"tasks. Pruning: schedule {schedule} (cumulative), {retrain} masked "
              f"re-meta-training iterations per round, 20 scoring tasks per round. "
-             f"{rows[0]['tasks']} fixed test tasks, {d['q_query']} queries per class in "
-             f"training. `diff_vs_dense` is the paired per-task difference (points) with its "
-             f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round.")
+             f"meta-batch {cfg['train']['meta_batch']}, {rows[0]['tasks']} fixed test tasks, "
+             f"{d['q_query']} queries per class in training. `diff_vs_dense` is the paired "
+             f"per-task difference (points) with its "
+             f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round. "
+             f"{args.note}")
     md = header(f"Accuracy vs sparsity: {setting['title']}", notes) + "\n"
     md += markdown_table(rows) + "\n"
     png = _plot(rows, stem.with_suffix(".png"), setting["title"])
