@@ -131,15 +131,21 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     one = t.query_x[:1]
     with torch.no_grad():
         latency_s = median_time(lambda: net(one), args.reps_infer, warmup=20)
-    # peak memory in a fresh process
-    out = subprocess.run([sys.executable, __file__, "--memprobe", str(mpz_path), "--n-way",
-                          str(args.n_way), "--k-shot", str(args.mem_k_shot),
-                          "--threads", str(args.threads)],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    if out.returncode:
-        raise RuntimeError(f"memory probe failed for {name}: {out.stderr[-2000:]}")
-    mem = json.loads(out.stdout.strip().splitlines()[-1])
+    # peak memory in fresh processes (median of --mem-reps). Buffers above 64 KiB are mmapped
+    # and returned on free (glibc tunables), so the resident high-water mark follows the live
+    # tensors instead of the allocator's cached free lists.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MALLOC_MMAP_THRESHOLD_": "65536",
+           "MALLOC_TRIM_THRESHOLD_": "0"}
+    probes = []
+    for _ in range(args.mem_reps):
+        out = subprocess.run([sys.executable, __file__, "--memprobe", str(mpz_path), "--n-way",
+                              str(args.n_way), "--k-shot", str(args.mem_k_shot),
+                              "--threads", str(args.threads)],
+                             capture_output=True, text=True, timeout=600, env=env)
+        if out.returncode:
+            raise RuntimeError(f"memory probe failed for {name}: {out.stderr[-2000:]}")
+        probes.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    mem = {k: statistics.median(p[k] for p in probes) for k in probes[0]}
     return {"model": name, "checkpoint": ckpt, "architecture": json.dumps(dm.meta["model"]),
             "stored_bytes": rep.compact_bytes, "dense_bytes": rep.dense_bytes,
             "params": n_params, "nonzero_params": n_nonzero,
@@ -183,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-k-shot", type=int, default=5,
                     help="support images per class in the memory probe (default 5)")
     ap.add_argument("--k-shot", type=int, default=5, help=argparse.SUPPRESS)
+    ap.add_argument("--mem-reps", type=int, default=3, help="memory probes per model")
     ap.add_argument("--reps-adapt", type=int, default=30)
     ap.add_argument("--reps-infer", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
@@ -228,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
           f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model;"
           f" adaptation: median of {args.reps_adapt} runtime adaptations on a 5-way 1-shot "
           "support set",
-          f"- adaptation peak memory: fresh process, {args.n_way}-way {args.mem_k_shot}-shot "
-          "support set, increase of the peak resident set (VmHWM) over the resident set just "
-          "before adapting; tracemalloc = Python-level allocations only", "",
+          f"- adaptation peak memory: median of {args.mem_reps} fresh processes, "
+          f"{args.n_way}-way {args.mem_k_shot}-shot support set, increase of the peak resident "
+          "set (VmHWM) over the resident set just before adapting (glibc: buffers > 64 KiB "
+          "mmapped and returned on free); tracemalloc = Python-level allocations only", "",
           "| model | stored bytes | params (non-zero) | MFLOPs dense (non-zero w.) "
           "| latency b=1 ms | adapt ms | adapt peak RSS KiB | tracemalloc KiB "
           "| accuracy % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
