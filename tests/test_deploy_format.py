@@ -138,8 +138,7 @@ def test_size_within_115_percent_of_information_limit(tmp_path) -> None:
 def test_unpruned_model_costs_no_index(tmp_path) -> None:
     learner = pruned_learner("maml", sparsity=0.0)
     path = save_mpz(tmp_path / "m.mpz", mpz_from_learner(learner))
-    layout = {e[0]: e[2] for e in json.loads(
-        __import__("safetensors").safe_open(str(path), "pt").metadata()["mpz"])["layout"]}
+    layout = {e[0]: e[2] for e in read_meta(path)["layout"]}
     assert all(layout[n] == "full" for n in learner.masks)
     back = load_mpz(path)
     assert all(torch.equal(back.masks[n], m) for n, m in learner.masks.items())

@@ -191,6 +191,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise ValueError("export-onnx needs the 'onnx' package: pip install "
+                         "'metaprune[onnx]'") from e
     from .onnx_export import export_onnx
     from .runtime import DeviceModel
 
