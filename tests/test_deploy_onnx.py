@@ -76,3 +76,30 @@ def test_unfolded_export_and_sparsity_kept(tmp_path) -> None:
     n_zero = sum(int((v == 0).sum()) for v in inits.values() if v.ndim == 4)
     n_pruned = sum(int((m == 0).sum()) for n, m in masks.items() if m.dim() == 4)
     assert n_zero >= n_pruned
+
+
+def test_export_onnx_cli(tmp_path, capsys) -> None:
+    from metaprune.cli import main
+
+    a, _, _, _ = adapted(tmp_path)  # writes tmp_path / "m.mpz"
+    ep = tmp_path / "ep"
+    assert main(["export-episode", "--n-way", "5", "--k-shot", "1", "--queries", "2",
+                 "--seed", "4", "--out", str(ep)]) == 0
+    out = tmp_path / "cli.onnx"
+    assert main(["export-onnx", str(tmp_path / "m.mpz"), "--support", str(ep / "support"),
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    classes = sorted(p.name for p in (ep / "support").iterdir())
+    assert onnx_class_names(out) == classes
+    diff = float(text.split("max |ONNX - PyTorch| = ")[1].split()[0])
+    assert diff <= 1e-4
+    # same predictions as the adapt command on the query images
+    assert main(["adapt", str(tmp_path / "m.mpz"), "--support", str(ep / "support"),
+                 "--query", str(ep / "query"), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    from metaprune.deploy.runtime import load_image
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = np.stack([load_image(p["file"], 1, 28) for p in preds]).astype(np.float32) / 255.0
+    _, probs = sess.run(None, {"images": x})
+    assert np.abs(probs - np.array([p["probabilities"] for p in preds])).max() <= 1e-4

@@ -315,8 +315,10 @@ class SizeReport:
 
     def lines(self) -> list[str]:
         return [f"dense bytes:        {self.dense_bytes:>10,}",
-                f"compact bytes:      {self.compact_bytes:>10,}  "
-                f"({self.dense_bytes / self.compact_bytes:.2f}x smaller than dense)",
+                f"compact bytes:      {self.compact_bytes:>10,}  " + (
+                    f"({self.dense_bytes / self.compact_bytes:.2f}x smaller than dense)"
+                    if self.compact_bytes < self.dense_bytes else
+                    f"({self.compact_bytes - self.dense_bytes:,} B of header and metadata)"),
                 f"information limit:  {self.limit_bytes:>10,}  (non-zeros x 4 B + 1 bit per "
                 "prunable weight)",
                 f"compact / limit:    {self.ratio:>10.3f}",
