@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="final sparsity of one layer, e.g. features.0.0.weight=0.5 (repeatable)")
     p.add_argument("--exclude-first", action="store_true", help="do not prune the first layer")
     p.add_argument("--exclude-last", action="store_true", help="do not prune the last layer")
-    p.add_argument("--seed", type=int, default=0, help="task stream seed (default: config's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the scoring and re-training task streams (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--out", required=True, help="output folder (roundNN checkpoints, state)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
