@@ -32,7 +32,13 @@ from metaprune.data.tasks import TaskSampler
 from metaprune.learners import build_learner
 from metaprune.masks import prunable_weights
 from metaprune.models import build_model
-from metaprune.pruning import ANP, DEFAULT_H_DATA, damped_inverse, layer_input_rows
+from metaprune.pruning import (
+    ANP,
+    DEFAULT_H_DATA,
+    DEFAULT_PATCH_STRIDE,
+    damped_inverse,
+    layer_input_rows,
+)
 from metaprune.pruning.hessian import relative_damping
 
 
@@ -63,6 +69,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=20)
     ap.add_argument("--h-data", default=DEFAULT_H_DATA)
+    ap.add_argument("--patch-stride", type=int, default=DEFAULT_PATCH_STRIDE)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     ap.add_argument("--woodbury-max-rows", type=int, default=0,
                     help="0: run the Woodbury loop on all rows")
@@ -77,15 +84,16 @@ def main() -> int:
     model = build_model("conv4", n_way=5, in_channels=1, width=64, image_size=28)
     learner = build_learner("maml", model, inner_lr=0.4, inner_steps=1, meta_lr=1e-3)
     names = prunable_weights(model)
-    crit = ANP(h_data=args.h_data)
+    ap_ps = args.patch_stride
+    crit = ANP(h_data=args.h_data, patch_stride=ap_ps)
 
     learner.meta_step(tasks[:2])  # warm-up (allocations, optimiser state)
     crit.score(learner, tasks[:2], names)
     t_meta = best_of(lambda: learner.meta_step(tasks), args.repeats)
     t_anp = best_of(lambda: crit.score(learner, tasks, names), args.repeats)
     variants = []  # other H-data / patch-stride settings, same tasks
-    for h, ps in (("support", 1), ("query", 1), ("both", 5), ("support", 5)):
-        if (h, ps) != (args.h_data, 1):
+    for h, ps in (("both", 1), ("support", 1), ("query", 1), ("both", 5), ("support", 5)):
+        if (h, ps) != (args.h_data, ap_ps):
             c = ANP(h_data=h, patch_stride=ps)
             variants.append((h, ps, best_of(lambda c=c: c.score(learner, tasks, names),
                                             args.repeats)))
@@ -96,7 +104,7 @@ def main() -> int:
     rows: dict[str, list[torch.Tensor]] = {ly: [] for ly in layers}
     switch = {"on": False}
     hooks = [mods[ly].register_forward_pre_hook(
-        lambda mod, inp, _ly=ly: rows[_ly].append(layer_input_rows(mod, inp[0]))
+        lambda mod, inp, _ly=ly: rows[_ly].append(layer_input_rows(mod, inp[0], ap_ps))
         if switch["on"] else None) for ly in layers]
     for t in tasks:
         a = crit._adapt(learner, t)
@@ -168,7 +176,8 @@ def main() -> int:
         f"- torch {torch.__version__}, git commit {commit}",
         f"- setup: Conv4-64, glyph tasks 28x28x1, 5-way 1-shot 15-query, {args.tasks} tasks, "
         f"MAML second order, 1 inner step; anp with h_data={args.h_data}, damping "
-        f"{crit.damping:g} x mean diag(H), patch stride 1; best of {args.repeats}", "",
+        f"{crit.damping:g} x mean diag(H), patch stride {ap_ps} (the defaults); best of "
+        f"{args.repeats}", "",
         "| quantity | seconds |", "|---|---|",
         f"| anp: score all {len(names)} layers (adapt 20 tasks, record, H, Cholesky inverse, "
         f"saliency) | {t_anp:.3f} |",
@@ -177,7 +186,8 @@ def main() -> int:
         "Other anp settings (same 20 tasks):", "",
         "| H data | patch stride | anp scoring (s) | ratio to the meta-iteration |",
         "|---|---|---|---|",
-        f"| {args.h_data} (default) | 1 | {t_anp:.3f} | {t_anp / t_meta:.2f} |",
+        f"| {args.h_data} (default) | {ap_ps} (default) | {t_anp:.3f} | "
+        f"{t_anp / t_meta:.2f} |",
         *[f"| {h} | {ps} | {t:.3f} | {t / t_meta:.2f} |" for h, ps, t in variants], "",
         "Inverse of the same H: ANP's path (float32 rows, one matmul per forward batch "
         "accumulated in float64, damped Cholesky inverse `torch.cholesky_inverse`) vs the "

@@ -73,6 +73,8 @@ def test_patch_stride_subsamples_patches_and_no_bias_row_without_bias() -> None:
     assert torch.equal(sub, full[::5])
     with pytest.raises(ValueError):
         layer_input_rows(conv, x, patch_stride=0)
+    lin = nn.Linear(3, 2)  # samples of a Linear layer are never sub-sampled
+    assert layer_input_rows(lin, torch.randn(10, 3), patch_stride=5).shape == (10, 4)
 
 
 def test_linear_hessian_equals_explicit_sum() -> None:

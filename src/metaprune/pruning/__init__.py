@@ -24,6 +24,7 @@ from .criteria import (
     ANP,
     CRITERIA,
     DEFAULT_H_DATA,
+    DEFAULT_PATCH_STRIDE,
     H_DATA_CHOICES,
     LOBS,
     Criterion,
@@ -47,7 +48,8 @@ from .hessian import (
 from .pruner import PruneConfig, RoundResult, prune, prune_step, restore_checkpoint
 
 __all__ = [
-    "ANP", "LOBS", "CRITERIA", "DEFAULT_H_DATA", "DEFAULT_SCHEDULE", "H_DATA_CHOICES",
+    "ANP", "LOBS", "CRITERIA", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE", "DEFAULT_SCHEDULE",
+    "H_DATA_CHOICES",
     "Criterion", "HessianAccumulator", "Magnitude", "PruneConfig", "Random", "RoundResult",
     "Scores", "TaylorMeta", "TaylorMetaFO", "allocate", "cumulative_targets", "damped_inverse",
     "exact_count", "get_criterion", "layer_input_rows", "obs_compensation", "obs_saliency",

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from ..masks import format_sparsity_table, sparsity_table
-from .criteria import CRITERIA, DEFAULT_H_DATA, H_DATA_CHOICES
+from .criteria import CRITERIA, DEFAULT_H_DATA, DEFAULT_PATCH_STRIDE, H_DATA_CHOICES
 from .pruner import PruneConfig, prune
 
 
@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"anp/lobs: data whose layer inputs form H (default {DEFAULT_H_DATA})")
     p.add_argument("--damping", type=float, default=1e-4,
                    help="anp/lobs: damping relative to the mean diagonal of H (default 1e-4)")
-    p.add_argument("--patch-stride", type=int, default=1,
-                   help="anp/lobs: keep every n-th conv patch when forming H (default 1)")
+    p.add_argument("--patch-stride", type=int, default=DEFAULT_PATCH_STRIDE,
+                   help="anp/lobs: keep every n-th conv patch when forming H "
+                   f"(default {DEFAULT_PATCH_STRIDE}; 1 = all)")
     p.add_argument("--compensation", choices=["auto", "joint", "single", "none"],
                    default="auto", help="anp/lobs OBS weight update (default auto)")
     p.add_argument("--allocation", choices=["layerwise", "global"], default="layerwise")

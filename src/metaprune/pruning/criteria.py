@@ -30,13 +30,17 @@ from .hessian import damped_inverse, record_hessians, weight_matrix
 
 __all__ = ["Scores", "Criterion", "ANP", "LOBS", "Magnitude", "Random", "TaylorMeta",
            "TaylorMetaFO", "CRITERIA", "get_criterion", "obs_saliency", "obs_compensation",
-           "H_DATA_CHOICES", "DEFAULT_H_DATA"]
+           "H_DATA_CHOICES", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE"]
 
 H_DATA_CHOICES = ("support", "query", "both")
 # measured on glyphs (benchmarks/results/anp_h_data.md): with the iterative schedule and
 # re-training, support+query ("both") gave the best accuracy at 85% (+0.83 +- 0.56 points over
 # support-only, the artifact's choice); lobs uses the same pooled data, un-adapted
 DEFAULT_H_DATA = "both"
+# every 5th conv patch (the artifact's choice): with h_data="both" it keeps the scoring cost of
+# Conv4-64 at 1.5x one meta-iteration (3.1x with every patch) for -0.30 +- 0.45 points
+# (benchmarks/results/anp_timing.md, anp_h_data.md)
+DEFAULT_PATCH_STRIDE = 5
 JOINT_MAX_DIM = 1024  # "auto" compensation: exact joint OBS up to this input dimension
 
 
@@ -184,7 +188,7 @@ class _OBS(Criterion):
     needs_tasks = True
 
     def __init__(self, h_data: str = DEFAULT_H_DATA, damping: float = 1e-4,
-                 patch_stride: int = 1, compensation: str = "auto"):
+                 patch_stride: int = DEFAULT_PATCH_STRIDE, compensation: str = "auto"):
         if h_data not in H_DATA_CHOICES:
             raise ValueError(f"h_data must be one of {H_DATA_CHOICES}, got '{h_data}'")
         if damping < 0:

@@ -33,8 +33,8 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor, patch_stride: int = 1,
     Conv2d: ``x`` ``[B, C, H, W]`` is unfolded into ``C*kh*kw`` patches (same padding, stride and
     dilation as the layer); with ``patch_stride > 1`` only every ``patch_stride``-th patch
     position (in the flattened ``B x L`` order) is kept, like the ANP artifact's sub-sampling.
-    Linear: ``x`` ``[..., in]`` is flattened to ``[n, in]``. ``bias`` (default: whether the layer
-    has one) appends a column of ones.
+    Linear: ``x`` ``[..., in]`` is flattened to ``[n, in]`` (never sub-sampled). ``bias``
+    (default: whether the layer has one) appends a column of ones.
     """
     if patch_stride < 1:
         raise ValueError(f"patch_stride must be >= 1, got {patch_stride}")
@@ -56,12 +56,12 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor, patch_stride: int = 1,
         cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding,
                         stride=module.stride)                      # [B, C*kh*kw, L]
         rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])     # [B*L, d]
+        if patch_stride > 1:
+            rows = rows[::patch_stride]
     elif isinstance(module, nn.Linear):
         rows = x.reshape(-1, x.shape[-1])
     else:
         raise TypeError(f"layer_input_rows: {type(module).__name__} is not Conv2d/Linear")
-    if patch_stride > 1:
-        rows = rows[::patch_stride]
     if (module.bias is not None) if bias is None else bias:
         rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
     return rows

@@ -27,7 +27,7 @@ from ..learners import Learner
 from ..masks import Masks, prunable_weights, sparsity_table
 from ..training import meta_train
 from .allocation import allocate, cumulative_targets, exact_count, parse_schedule, round_ratios
-from .criteria import Criterion, Random, get_criterion
+from .criteria import DEFAULT_PATCH_STRIDE, Criterion, Random, get_criterion
 
 __all__ = ["PruneConfig", "RoundResult", "prune", "prune_step", "restore_checkpoint",
            "SCORE_TASK_OFFSET", "RETRAIN_TASK_OFFSET"]
@@ -53,7 +53,7 @@ class PruneConfig:
     meta_batch: int = 4
     h_data: str | None = None                        # anp/lobs: support|query|both (None: default)
     damping: float = 1e-4                            # relative to mean diag(H)
-    patch_stride: int = 1
+    patch_stride: int = DEFAULT_PATCH_STRIDE         # anp/lobs: every n-th conv patch
     compensation: str = "auto"                       # auto|joint|single|none (OBS criteria)
     include_first: bool = True
     include_last: bool = True
