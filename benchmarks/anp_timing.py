@@ -41,6 +41,15 @@ from metaprune.pruning import (
 )
 from metaprune.pruning.hessian import relative_damping
 
+WOODBURY_NOTE = """
+Why only ~30x for the 577-wide layers: both methods cost O(rows x d^2) flops; the Woodbury loop
+does two d x d BLAS-2 operations and Python overhead per row, the Cholesky path one BLAS-3
+matrix product per forward batch plus one O(d^3) factorisation. The gap grows for small d
+(Python overhead dominates: ~800x for the first layer, d = 10). Woodbury times marked
+"extrapolated" ran on the first 20,000 rows (each update costs the same, so the time scales
+linearly); their accuracy column compares with the float64 Cholesky inverse of those same rows.
+"""
+
 
 def woodbury_inverse(rows: torch.Tensor, lam: float) -> torch.Tensor:
     """(lam I + mean x x^T)^-1 by one Sherman-Morrison update per row (the original code)."""
@@ -206,7 +215,8 @@ def main() -> int:
                   f"{r['max_rel_diff']:.1e} |")
     md += [f"| **all layers** | | | {1e3 * tot_c:.1f} | {tot_w:.1f} | **{tot_w / tot_c:.0f}x** "
            f"| {max(r['max_rel_diff'] for r in layer_rows):.1e} |", "",
-           "max rel. diff = max |Hinv_woodbury - Hinv_cholesky| / max |Hinv_cholesky|."]
+           "max rel. diff = max |Hinv_woodbury - Hinv_cholesky| / max |Hinv_cholesky|.",
+           *WOODBURY_NOTE.strip("\n").split("\n")]
     (out / "anp_timing.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
