@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prune every Conv2d/Linear weight of a checkpoint to --sparsity following a "
         "schedule; after each round the masked network is re-meta-trained and saved as "
         "OUT/roundNN (loadable by 'metaprune evaluate').")
-    p.add_argument("checkpoint", help="dense (or partly pruned) checkpoint from 'metaprune train'")
+    p.add_argument("checkpoint", help="checkpoint from 'metaprune train' (a partly pruned one "
+                   "works if no round's target is below its sparsity)")
     p.add_argument("--method", default="anp", choices=sorted(CRITERIA))
     p.add_argument("--sparsity", type=float, default=0.85,
                    help="final fraction of each layer's weights to prune (default 0.85)")
