@@ -33,12 +33,13 @@ def demo_config(args: argparse.Namespace) -> dict:
         "train.meta_batch=8", "train.checkpoint_every=100", f"eval.tasks={args.tasks}"])
 
 
-def _evaluate_cached(learner, dataset, tasks, path: Path, device, desc: str) -> EvalResult:
+def _evaluate_cached(learner, dataset, tasks, path: Path, device, desc: str,
+                     progress: bool) -> EvalResult:
     if path.exists():
         res = EvalResult.load(path)
         if res.task_fingerprint == tasks.fingerprint():
             return res
-    res = evaluate(learner, dataset, tasks, device=device, progress=True, desc=desc)
+    res = evaluate(learner, dataset, tasks, device=device, progress=progress, desc=desc)
     res.save(path)
     return res
 
@@ -48,6 +49,7 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
 
     out = Path(args.out)
     cfg = demo_config(args)
+    progress = not args.no_progress
     t_start = time.perf_counter()
     print("generating the glyphs dataset (embedded, procedural) ...", flush=True)
     train_data = load_split(cfg["data"], "train_split")
@@ -65,10 +67,10 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
                start_iteration=done, checkpoint_path=dense_ck,
                checkpoint_every=cfg["train"]["checkpoint_every"],
                meta={"config": cfg, "data": cfg["data"], "kind": "dense"}, device=device,
-               desc="dense meta-training")
+               progress=progress, desc="dense meta-training")
     timings = {"dense": time.perf_counter() - t0}
     results = {"dense": _evaluate_cached(learner, test_data, tasks, out / "dense" / "eval.json",
-                                         device, "evaluate dense")}
+                                         device, "evaluate dense", progress)}
     sparsity = {"dense": 0.0}
 
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
@@ -77,11 +79,11 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
         rounds = prune(pruned, sampler, method=method, sparsity=args.sparsity,
                        schedule="default", retrain_iters=args.retrain_iters, meta_batch=4,
                        tasks=20, out_dir=out / method, meta={"config": cfg, "data": cfg["data"]},
-                       device=device, progress=True)
+                       device=device, progress=progress)
         timings[method] = time.perf_counter() - t0
         sparsity[method] = rounds[-1].sparsity
         results[method] = _evaluate_cached(pruned, test_data, tasks, out / method / "eval.json",
-                                           device, f"evaluate {method}")
+                                           device, f"evaluate {method}", progress)
 
     rows = []
     for name, res in results.items():

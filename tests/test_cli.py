@@ -1,0 +1,65 @@
+"""The command line end to end on tiny glyph data: train, resume, evaluate --json, demo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metaprune.cli import main
+
+TINY = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
+        "--set", "data.q_query=3", "--set", "model.kwargs={width: 4}",
+        "--set", "train.meta_batch=2", "--set", "train.checkpoint_every=2",
+        "--set", "eval.tasks=12", "--set", "eval.q_query=3", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_train_resume_evaluate_json_and_compare(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", "train.iterations=3", *TINY]) == 0
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["iteration"] == 3 and doc["metrics"]["test"]["tasks"] == 12
+    capsys.readouterr()
+    # same command again: resumes from the finished checkpoint, trains nothing more
+    assert main(["train", "--out", str(out), "--set", "train.iterations=3", *TINY]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert json.loads((out / "model.json").read_text())["iteration"] == 3
+
+    assert main(["evaluate", str(out / "model"), "--json", "--save",
+                 str(tmp_path / "a.json")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["tasks"] == 12 and 0.0 <= res["accuracy"] <= 1.0 and res["ci95"] >= 0.0
+    assert res["accuracy"] == pytest.approx(doc["metrics"]["test"]["accuracy"])
+    # paired against itself: difference exactly 0
+    assert main(["evaluate", str(out / "model"), "--json", "--compare",
+                 str(tmp_path / "a.json")]) == 0
+    diff = json.loads(capsys.readouterr().out)["paired_difference"]
+    assert diff["mean"] == 0.0
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--set", "data.dataset=nosuch"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+
+
+def test_demo_prints_dense_anp_magnitude_table(tmp_path, capsys) -> None:
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "2",
+                 "--retrain-iters", "1", "--tasks", "10", "--width", "4",
+                 "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    rows = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [r["model"] for r in rows] == ["dense", "anp", "magnitude"]
+    assert rows[0]["sparsity"] == 0.0
+    assert all(abs(r["sparsity"] - 0.85) < 0.005 for r in rows[1:])
+    assert "paired diff vs dense" in table and "anp" in table
