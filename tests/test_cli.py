@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from metaprune.cli import main
 
@@ -15,12 +14,6 @@ TINY = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_siz
         "--set", "eval.tasks=12", "--set", "eval.q_query=3", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_train_resume_evaluate_json_and_compare(tmp_path, capsys) -> None:

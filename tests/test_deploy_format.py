@@ -24,16 +24,6 @@ from metaprune.learners import build_learner
 from metaprune.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to a busy machine's
-    oversubscription (2 threads were up to 100x slower there)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def pruned_learner(name: str = "maml", sparsity: float = 0.85, width: int = 32, seed: int = 0):
     """Conv4 with random masks of the given sparsity on every conv/linear weight."""
     torch.manual_seed(seed)

@@ -19,14 +19,6 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to a busy machine's
-    oversubscription (2 threads were up to 100x slower there)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def adapted(tmp_path, name: str = "maml", seed: int = 0):

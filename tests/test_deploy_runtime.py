@@ -25,14 +25,6 @@ FORBIDDEN = ("metaprune.learners", "metaprune.training", "metaprune.pruning",
              "metaprune.commands", "metaprune.data", "matplotlib", "tqdm")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to a busy machine's
-    oversubscription (2 threads were up to 100x slower there)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def pruned_learner(name: str = "maml", sparsity: float = 0.85, seed: int = 0,

@@ -19,15 +19,6 @@ from metaprune.pruning import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (2 threads on a busy 2-core machine spin-wait)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def conv_learner(steps: int = 1, name: str = "maml", seed: int = 0):
     torch.manual_seed(seed)
     model = build_model("conv4", n_way=3, in_channels=1, width=4, image_size=12)

@@ -18,15 +18,6 @@ from metaprune.pruning import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (2 threads on a busy 2-core machine spin-wait)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def explicit_conv_hessian(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """Sum of x x^T over every output position, patches cut by hand from the padded input."""
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding

@@ -29,13 +29,6 @@ from metaprune.pruning.pruner import RETRAIN_TASK_OFFSET, SCORE_TASK_OFFSET
 
 DATA_OPTS = {"num_classes": 5, "samples_per_class": 4, "image_size": 12}
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread (2 threads on a busy 2-core machine spin-wait)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

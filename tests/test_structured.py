@@ -23,14 +23,6 @@ from metaprune.pruning.structured import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tasks(n: int = 3, seed: int = 0) -> list[Task]:
     g = torch.Generator().manual_seed(seed)
     out = []
