@@ -10,8 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-from . import slim  # noqa: F401  (registers "conv4-slim" for checkpoints and .mpz files)
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a (pruned) checkpoint as a compact .mpz model")

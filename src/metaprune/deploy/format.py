@@ -46,7 +46,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import slim  # noqa: F401  (registers "conv4-slim")
+from ..models import registry as _models  # noqa: F401  (all backbones, conv4-slim included)
 
 FORMAT = "metaprune-mpz"
 VERSION = 1
