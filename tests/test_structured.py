@@ -116,3 +116,43 @@ def test_slim_model_through_mpz_and_runtime(tmp_path) -> None:
     got = dm.adapt(t.support_x, t.support_y)
     for n, p in ref.params.items():
         assert (got.params[n] - p.detach()).abs().max().item() <= 1e-6, n
+
+
+def test_prune_cli_anp_structured(tmp_path, capsys) -> None:
+    """`metaprune prune --method anp-structured` writes a conv4-slim checkpoint with the
+    keep fraction (explicit, or sqrt(1 - sparsity)) that evaluate/export accept."""
+    import json
+
+    from metaprune.checkpoint import load_checkpoint
+    from metaprune.cli import main
+    from metaprune.pruning.cli import structured_keep
+
+    tiny = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
+            "--set", "data.q_query=3", "--set", "model.kwargs={width: 8}",
+            "--set", "train.meta_batch=2", "--set", "eval.tasks=4", "--set", "eval.q_query=3",
+            "--no-progress"]
+    assert main(["train", "--out", str(tmp_path / "d"), "--set", "train.iterations=1",
+                 *tiny]) == 0
+    dense = str(tmp_path / "d" / "model")
+    rc = main(["prune", dense, "--method", "anp-structured", "--sparsity", "0.75",
+               "--rounds", "2", "--retrain-iters", "1", "--meta-batch", "2", "--tasks", "2",
+               "--out", str(tmp_path / "s"), "--no-progress"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "[8, 8, 8, 8] -> [4, 4, 4, 4]" in out            # keep sqrt(1 - 0.75) = 0.5
+    ck = load_checkpoint(tmp_path / "s" / "round02", with_optimizer=False)
+    assert block_widths(ck.learner.model) == [4, 4, 4, 4]
+    assert ck.meta["structured"]["widths"][-1] == [4, 4, 4, 4]
+    assert main(["evaluate", str(tmp_path / "s" / "round02"), "--json"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1.0
+    assert main(["export", str(tmp_path / "s" / "round02"), "--out",
+                 str(tmp_path / "s.mpz")]) == 0
+    # --keep overrides the sparsity mapping; bad values name the option
+    assert structured_keep(0.85, 0.25) == 0.25
+    assert structured_keep(0.0) == 1.0
+    with pytest.raises(ValueError, match="--keep"):
+        structured_keep(0.5, 1.5)
+    capsys.readouterr()
+    assert main(["prune", dense, "--method", "anp-structured", "--keep", "0",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--keep" in capsys.readouterr().err

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/roundNN (loadable by 'metaprune evaluate').")
     p.add_argument("checkpoint", help="checkpoint from 'metaprune train' (a partly pruned one "
                    "works if no round's target is below its sparsity)")
-    p.add_argument("--method", default="anp", choices=sorted(CRITERIA))
+    p.add_argument("--method", default="anp", choices=sorted(CRITERIA) + [STRUCTURED],
+                   help="pruning criterion; 'anp-structured' removes whole Conv4 channels "
+                   "(writes a smaller conv4-slim network, see docs/deploy.md)")
     p.add_argument("--sparsity", type=float, default=0.85,
                    help="final fraction of each layer's weights to prune (default 0.85)")
     p.add_argument("--schedule", default="default",
@@ -43,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allocation", choices=["layerwise", "global"], default="layerwise")
     p.add_argument("--layer-ratio", action="append", default=[], metavar="PARAM=RATIO",
                    help="final sparsity of one layer, e.g. features.0.0.weight=0.5 (repeatable)")
+    p.add_argument("--keep", type=float, default=None,
+                   help="anp-structured: fraction of channels kept per block (default "
+                   "sqrt(1 - sparsity): about that fraction of the conv weights remains)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="anp-structured: pruning rounds (default 2)")
     p.add_argument("--exclude-first", action="store_true", help="do not prune the first layer")
     p.add_argument("--exclude-last", action="store_true", help="do not prune the last layer")
     p.add_argument("--seed", type=int, default=0,
@@ -52,6 +59,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
+
+
+STRUCTURED = "anp-structured"
+
+
+def structured_keep(sparsity: float, keep: float | None = None) -> float:
+    """Channel keep fraction for structured pruning: ``keep`` if given, else
+    ``sqrt(1 - sparsity)`` (a conv layer's weights scale with in x out channels)."""
+    if keep is not None:
+        if not 0 < keep <= 1:
+            raise ValueError(f"--keep must be in (0, 1], got {keep}")
+        return keep
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"--sparsity must be in [0, 1), got {sparsity}")
+    return (1.0 - sparsity) ** 0.5
 
 
 def _dataset(data: dict, split_key: str = "train_split"):
@@ -99,6 +121,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                           name=f"{data['dataset']}/{data.get('train_split', 'train')}")
     train_cfg = (ck.meta.get("config") or {}).get("train") or {}
     meta_batch = args.meta_batch or int(train_cfg.get("meta_batch", 4))
+    if args.method == STRUCTURED:
+        return _prune_structured(args, ck, sampler, meta_batch, device)
     cfg = PruneConfig(
         method=args.method, sparsity=args.sparsity, schedule=args.schedule,
         allocation=args.allocation, layer_ratios=_layer_ratios(args.layer_ratio),
@@ -120,4 +144,34 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(format_sparsity_table(sparsity_table(learner.model, learner.masks)))
     last = results[-1]
     print(f"{args.method}: {len(results)} round(s), final checkpoint {last.checkpoint}")
+    return 0
+
+
+def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
+                      device: torch.device) -> int:
+    """``--method anp-structured``: channel ANP rounds, physical removal, re-meta-training;
+    writes the final slim network as OUT/roundNN (NN = --rounds)."""
+    from pathlib import Path
+
+    from ..checkpoint import save_checkpoint
+    from .structured import _check, block_widths, structured_anp
+
+    keep = structured_keep(args.sparsity, args.keep)
+    _check(ck.learner.model)       # conv4 / conv4-slim only: a TypeError naming the model
+    widths0 = block_widths(ck.learner.model)
+    learner, plans = structured_anp(
+        ck.learner, sampler, keep=keep, rounds=args.rounds, retrain_iters=args.retrain_iters,
+        meta_batch=meta_batch, tasks=args.tasks, damping=args.damping, device=device,
+        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = Path(args.out) / f"round{args.rounds:02d}"
+    meta = {k: ck.meta[k] for k in ("config", "data") if k in ck.meta}
+    meta.update({"kind": "structured", "source_checkpoint": str(args.checkpoint),
+                 "structured": {"method": STRUCTURED, "keep": keep, "rounds": args.rounds,
+                                "retrain_iters": args.retrain_iters, "meta_batch": meta_batch,
+                                "tasks": args.tasks, "seed": args.seed,
+                                "widths": [p.widths for p in plans]}})
+    save_checkpoint(out, learner, meta, with_optimizer=False)
+    n = sum(p.numel() for p in learner.model.parameters())
+    print(f"{STRUCTURED}: channels {widths0} -> {plans[-1].widths} (keep {keep:.3f}), "
+          f"{n:,} parameters, {args.rounds} round(s), final checkpoint {out}")
     return 0
