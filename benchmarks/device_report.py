@@ -115,7 +115,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     n_nonzero = sum(int((p != 0).sum()) for p in dm.model.parameters())
     f_dense, f_nz = flops(dm.model, shape)
     # accuracy on fixed test tasks, runtime path (support-statistics BatchNorm)
-    ds = get_dataset(args.dataset, args.split)
+    ds = get_dataset(args.dataset, args.split, args.root, **args.options)
     sampler = TaskSampler(ds, args.n_way, 1, args.queries, seed=args.seed)
     accs = []
     for i in range(args.tasks):
@@ -182,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
     ap.add_argument("--dataset", default="glyphs")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--root", help="data folder (default: $METAPRUNE_DATA)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="dataset option, e.g. --option image_size=28 (repeatable)")
+    ap.add_argument("--note", action="append", default=[],
+                    help="sentence for the md's Notes section (repeatable)")
     ap.add_argument("--n-way", type=int, default=5)
     ap.add_argument("--queries", type=int, default=15)
     ap.add_argument("--tasks", type=int, default=600)
@@ -197,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memprobe", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from metaprune.deploy.cli import _option
+
+    args.options = dict(_option(o) for o in args.option)
     if args.memprobe:
         print(json.dumps(memprobe(args.memprobe, args.n_way, args.k_shot, args.seed)))
         return 0
@@ -227,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         w.writeheader()
         w.writerows(rows)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = [f"# Device report ({args.dataset}/{args.split}, {args.n_way}-way 1-shot)", "",
+    data = args.dataset + (f" {args.options}" if args.options else "")
+    md = [f"# Device report ({data}/{args.split}, {args.n_way}-way 1-shot)", "",
           f"- command: `{cmd}`", f"- date: {now}", f"- machine: {machine()}",
           f"- git commit: {git_commit()}", f"- torch threads: {args.threads}",
           f"- accuracy: runtime adaptation (stored rule) and support-statistics BatchNorm on "
@@ -253,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     md.append("")
     md.append("Architectures: " + "; ".join(f"{r['model']}: `{r['architecture']}`"
                                             for r in rows))
+    if args.note:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in args.note]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
