@@ -90,6 +90,8 @@ def main() -> None:
                     f"'{STRUCTURED}' (Conv4 only) may be added to any setting")
     ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
+    ap.add_argument("--patch-stride", type=int, default=None,
+                    help="anp/lobs conv patch stride (default: the library's)")
     ap.add_argument("--note", default="", help="extra sentence for the results file")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
@@ -153,6 +155,8 @@ def main() -> None:
         t0 = time.perf_counter()
         rounds = prune(pruned, sampler, method=method, sparsity=targets[-1], schedule=schedule,
                        retrain_iters=retrain, meta_batch=cfg["train"]["meta_batch"], tasks=20,
+                       **({} if args.patch_stride is None else
+                          {"patch_stride": args.patch_stride}),
                        out_dir=run / method, meta={"config": cfg, "data": cfg["data"]},
                        device=args.device, progress=progress)
         by_target = {round(r.target, 4): r for r in rounds}
