@@ -31,6 +31,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import _report
 import torch
 from torch import nn
 
@@ -157,24 +158,13 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    m = _report.machine()
+    return (f"{platform.system()} {platform.machine()}, {m['cpu']}, Python {m['python']}, "
+            f"torch {m['torch']}")
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT).stdout.strip()
-    except OSError:
-        return "unknown"
+    return _report.machine()["git_commit"]
 
 
 def main(argv: list[str] | None = None) -> int:
