@@ -55,7 +55,9 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 def main() -> None:
     parts = [INTRO, "## Results: accuracy vs sparsity\n"]
-    for path in sorted(RESULTS.glob("sparsity_*.csv")):
+    curves = [p for p in sorted(RESULTS.glob("sparsity_*.csv"))
+              if not p.stem.endswith("_anp_vs_baselines")]
+    for path in curves:
         rows = list(csv.DictReader(path.open()))
         if not rows:
             continue
@@ -68,12 +70,21 @@ def main() -> None:
                      "\n")
         parts.append(table(rows, ["method", "sparsity %", "accuracy (95% CI)",
                                   "paired diff vs dense", "tasks"]) + "\n")
+        versus = path.with_name(f"{path.stem}_anp_vs_baselines.csv")
+        if versus.exists():
+            vrows = list(csv.DictReader(versus.open()))
+            for r in vrows:
+                r["ANP minus baseline (points)"] = f"{float(r['anp_minus_baseline']):+.2f} +- {r['ci95']}"
+                r["sparsity %"] = f"{100 * float(r['sparsity']):.0f}"
+            parts.append("Paired ANP minus each baseline (positive: ANP better):\n")
+            parts.append(table(vrows, ["baseline", "sparsity %",
+                                       "ANP minus baseline (points)"]) + "\n")
         png = path.with_suffix(".png")
         if png.exists():
             parts.append(f"![{path.stem}](results/{png.name})\n")
     parts.append("## Other results\n")
     for md in sorted(RESULTS.glob("*.md")):
-        if not md.stem.startswith("sparsity_"):
+        if not md.stem.startswith("sparsity_") or md.stem.endswith("_anp_vs_baselines"):
             title = md.read_text().splitlines()[0].lstrip("# ")
             parts.append(f"- [{md.name}](results/{md.name}): {title}")
     (HERE / "README.md").write_text("\n".join(parts) + "\n")
