@@ -158,6 +158,15 @@ class FileClassDataset(ClassDataset):
         return torch.from_numpy(np.stack([self._one(c, i) for i in indices])).float().div_(255.0)
 
 
+def dataset_dir(root: str | os.PathLike, dataset: str, subfolder: str) -> Path:
+    """The dataset's folder: ``<root>/<subfolder>`` if present, else ``root`` itself."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{dataset}: data root '{root}' does not exist")
+    sub = root / subfolder
+    return sub if sub.is_dir() else root
+
+
 def list_class_folders(root: Path, what: str = "dataset") -> tuple[list[str], list[list[Path]]]:
     """``root/<class>/<image>`` -> (class names, files per class), sorted; clear errors."""
     root = Path(root)

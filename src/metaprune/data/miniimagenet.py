@@ -24,18 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import DataError, TensorClassDataset, load_image
+from .base import DataError, TensorClassDataset, dataset_dir, load_image
 from .download import cached_arrays, source_signature
 
 SPLITS = ("train", "val", "test")
 
 
 def miniimagenet_dir(root: str | os.PathLike) -> Path:
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"miniimagenet: data root '{root}' does not exist")
-    sub = root / "mini-imagenet"
-    return sub if sub.is_dir() else root
+    """The folder holding the data: ``<root>/mini-imagenet`` if present, else ``root``."""
+    return dataset_dir(root, "miniimagenet", "mini-imagenet")
 
 
 def parse_split_csv(text: str, where: str) -> list[tuple[str, str]]:

@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import ClassDataset, DataError, RotatedClasses, TensorClassDataset, load_image
+from .base import (
+    ClassDataset,
+    DataError,
+    RotatedClasses,
+    TensorClassDataset,
+    dataset_dir,
+    load_image,
+)
 from .download import cached_arrays, source_signature
 
 PARTS = {"background": "images_background", "evaluation": "images_evaluation"}
@@ -35,12 +42,8 @@ SPLITS = ("background", "train", "val", "test", "evaluation")
 
 
 def omniglot_dir(root: str | os.PathLike) -> Path:
-    """The folder holding the archives: ``<root>/omniglot`` if present, else ``root``."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"omniglot: data root '{root}' does not exist")
-    sub = root / "omniglot"
-    return sub if sub.is_dir() else root
+    """The folder holding the data: ``<root>/omniglot`` if present, else ``root``."""
+    return dataset_dir(root, "omniglot", "omniglot")
 
 
 def _group(entries: list[tuple[str, str, str, object]], where: str
