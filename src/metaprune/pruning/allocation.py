@@ -41,6 +41,14 @@ def _prepared(name: str, score: torch.Tensor, current: torch.Tensor | None) -> t
     return s
 
 
+def _lowest_k_mask(flat_scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat 0/1 mask with the ``k`` lowest scores at 0 (ties: lower index first)."""
+    order = torch.argsort(flat_scores, stable=True)
+    m = torch.ones(flat_scores.numel(), dtype=torch.float32)
+    m[order[:k]] = 0.0
+    return m
+
+
 def select_layerwise(scores: Mapping[str, torch.Tensor], ratios: Mapping[str, float],
                      current: Masks | None = None) -> Masks:
     """Masks pruning exactly ``round(ratios[name] * numel)`` lowest-scored weights per layer."""
@@ -53,10 +61,7 @@ def select_layerwise(scores: Mapping[str, torch.Tensor], ratios: Mapping[str, fl
         if k < already:
             raise ValueError(f"'{name}': target sparsity {ratios[name]:.4f} ({k} weights) is "
                              f"below the {already} weights already pruned")
-        order = torch.argsort(s, stable=True)
-        m = torch.ones(s.numel(), dtype=torch.float32)
-        m[order[:k]] = 0.0
-        masks[name] = m.reshape(score.shape).to(score.device)
+        masks[name] = _lowest_k_mask(s, k).reshape(score.shape).to(score.device)
     return masks
 
 
@@ -71,9 +76,7 @@ def select_global(scores: Mapping[str, torch.Tensor], ratio: float,
     if k < already:
         raise ValueError(f"global target sparsity {ratio:.4f} ({k} weights) is below the "
                      f"{already} weights already pruned")
-    order = torch.argsort(allv, stable=True)
-    m = torch.ones(allv.numel(), dtype=torch.float32)
-    m[order[:k]] = 0.0
+    m = _lowest_k_mask(allv, k)
     masks: Masks = {}
     start = 0
     for n, f in zip(names, flat, strict=True):
