@@ -58,6 +58,26 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def write_results(stem: Path, title: str, notes: str, rows: list[dict], tail: str = "") -> None:
+    """``stem``.csv with ``rows`` and ``stem``.md (header with command, date, machine and
+    commit; ``notes``; the table; ``tail``)."""
+    from metaprune.io import atomic_write_text
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(stem.with_suffix(".csv"), rows)
+    md = header(title, notes) + "\n" + markdown_table(rows) + "\n" + tail
+    atomic_write_text(stem.with_suffix(".md"), md)
+
+
+def accuracy_columns(res, diff=None) -> dict:
+    """Result columns shared by the accuracy tables: mean accuracy and 95% CI of an
+    ``EvalResult`` and, when given, its paired difference to the reference (points)."""
+    return {"accuracy": round(100 * res.accuracy, 2), "ci95": round(100 * res.ci95, 2),
+            "diff_vs_dense": None if diff is None else round(100 * diff.mean, 2),
+            "diff_ci95": None if diff is None else round(100 * diff.ci95, 2),
+            "tasks": int(res.accuracies.size)}
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     cols = columns or list(rows[0])
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

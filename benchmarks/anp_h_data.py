@@ -13,15 +13,12 @@ Usage: python benchmarks/anp_h_data.py [--iterations 400] [--width 32] [--out be
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _report import header, write_csv
 
 from metaprune.checkpoint import load_checkpoint, save_checkpoint
 from metaprune.data.glyphs import glyphs
@@ -96,20 +93,9 @@ def main() -> int:
                          "diff_vs_support": d.mean, "diff_ci95": d.ci95})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "anp_h_data.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), "?")
-    md = ["# Which data feeds ANP's H (glyphs, 5-way 1-shot)", "",
-          f"- command: `python {' '.join(sys.argv)}`",
-          f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
-          f"nproc={os.cpu_count()}, {cpu}; device {args.device}; torch {torch.__version__}; "
-          f"commit {commit}; "
-          f"{time.time() - t_start:.0f}s",
+    write_csv(out / "anp_h_data.csv", rows)
+    md = [header("Which data feeds ANP's H (glyphs, 5-way 1-shot)",
+                 f"Device {args.device}; {time.time() - t_start:.0f}s in all.").rstrip(),
           f"- dense: Conv4-{args.width}, second-order MAML (1 inner step, lr 0.4; 3 steps at "
           f"test), {args.iterations} iterations x {args.meta_batch} tasks; glyphs train 200 "
           "classes / test 100 classes",

@@ -16,16 +16,13 @@ Usage: python benchmarks/anp_timing.py [--out benchmarks/results] [--repeats 3]
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _report import header, write_csv
 
 from metaprune.data.glyphs import glyphs
 from metaprune.data.tasks import TaskSampler
@@ -163,26 +160,17 @@ def main() -> int:
     tot_w = sum(r["woodbury_s"] for r in layer_rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "anp_timing.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(layer_rows[0]))
-        w.writeheader()
-        w.writerows(layer_rows)
+    write_csv(out / "anp_timing.csv", layer_rows)
+    with open(out / "anp_timing.csv", "a") as f:
         f.write(f"# anp_score_s={t_anp:.4f},meta_iteration_s={t_meta:.4f},"
                 f"ratio={t_anp / t_meta:.3f},total_cholesky_s={tot_c:.4f},"
                 f"total_woodbury_s={tot_w:.3f}\n")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     load = os.getloadavg()
     md = [
-        "# ANP scoring time (Conv4-64, 20 tasks)", "",
-        f"- command: `{' '.join([Path(sys.executable).name] + sys.argv)}`",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- machine: nproc={os.cpu_count()}, CPU: {cpu}; torch threads "
-        f"{torch.get_num_threads()}; load average at the end {load[0]:.1f}/{load[1]:.1f}/"
-        f"{load[2]:.1f} (a shared machine: other processes were running)",
-        f"- torch {torch.__version__}, git commit {commit}",
+        header("ANP scoring time (Conv4-64, 20 tasks)",
+               f"torch threads {torch.get_num_threads()}; load average at the end "
+               f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (a shared machine: other processes "
+               "were running)").rstrip(),
         f"- setup: Conv4-64, glyph tasks 28x28x1, 5-way 1-shot 15-query, {args.tasks} tasks, "
         f"MAML second order, 1 inner step; anp with h_data={args.h_data}, damping "
         f"{crit.damping:g} x mean diag(H), patch stride {ap_ps} (the defaults); best of "

@@ -19,13 +19,12 @@ import json
 import time
 from pathlib import Path
 
-from _report import RESULTS, header, markdown_table, write_csv
+from _report import RESULTS, accuracy_columns, write_results
 
 from metaprune.checkpoint import load_checkpoint
 from metaprune.config import load_config
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, make_learner, test_tasks, train_sampler
-from metaprune.io import atomic_write_text
 from metaprune.pruning import prune
 from metaprune.training import last_iteration, meta_train
 
@@ -92,6 +91,11 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config override")
     ap.add_argument("--patch-stride", type=int, default=None,
                     help="anp/lobs conv patch stride (default: the library's)")
+    ap.add_argument("--report-at", help="comma-separated sparsities to evaluate (default: the "
+                    "setting's); the schedule stops at the largest")
+    ap.add_argument("--pruning", action="append", default=[],
+                    help="extra prune() option for every method, e.g. damping=0.01")
+    ap.add_argument("--name", help="results file stem (default: sparsity_<setting>)")
     ap.add_argument("--note", default="", help="extra sentence for the results file")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
@@ -99,7 +103,9 @@ def main() -> None:
     iterations = args.iterations or setting["iterations"]
     retrain = setting["retrain_iters"] if args.retrain_iters is None else args.retrain_iters
     methods = args.methods.split(",") if args.methods else setting["methods"]
-    report_at = setting.get("report_at", REPORT_AT)
+    report_at = ([float(x) for x in args.report_at.split(",")] if args.report_at
+                 else setting.get("report_at", REPORT_AT))
+    extra = args.extra = dict(_parse_option(kv) for kv in args.pruning)
     schedule = SCHEDULE[: 1 + max(i for i, t in enumerate(_cumulative(SCHEDULE))
                                   if t <= max(report_at) + 1e-9)]
     run = Path(args.run_dir or f"runs/sparsity_{args.setting}")
@@ -156,7 +162,7 @@ def main() -> None:
         rounds = prune(pruned, sampler, method=method, sparsity=targets[-1], schedule=schedule,
                        retrain_iters=retrain, meta_batch=cfg["train"]["meta_batch"], tasks=20,
                        **({} if args.patch_stride is None else
-                          {"patch_stride": args.patch_stride}),
+                          {"patch_stride": args.patch_stride}), **extra,
                        out_dir=run / method, meta={"config": cfg, "data": cfg["data"]},
                        device=args.device, progress=progress)
         by_target = {round(r.target, 4): r for r in rounds}
@@ -217,6 +223,18 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
     return rows
 
 
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--pruning expects key=value, got '{text}'")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(value.lower(), value)
+
+
 def _cumulative(schedule: list[float]) -> list[float]:
     out, s = [], 0.0
     for inc in schedule:
@@ -227,19 +245,12 @@ def _cumulative(schedule: list[float]) -> list[float]:
 
 def _row(setting, method, target, sparsity, res: EvalResult, diff, seconds, score_s) -> dict:
     return {"setting": setting, "method": method, "target_sparsity": target,
-            "sparsity": round(sparsity, 4), "accuracy": round(100 * res.accuracy, 2),
-            "ci95": round(100 * res.ci95, 2),
-            "diff_vs_dense": None if diff is None else round(100 * diff.mean, 2),
-            "diff_ci95": None if diff is None else round(100 * diff.ci95, 2),
-            "tasks": int(res.accuracies.size),
+            "sparsity": round(sparsity, 4), **accuracy_columns(res, diff),
             "seconds_to_reach": round(seconds, 1), "last_score_seconds": round(score_s, 2)}
 
 
 def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
-    out = Path(args.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"sparsity_{args.setting}"
-    write_csv(stem.with_suffix(".csv"), rows)
+    stem = Path(args.results_dir) / (args.name or f"sparsity_{args.setting}")
     d = cfg["data"]
     notes = (f"Setting {args.setting}: {setting['title']}. Data: {d['dataset']} "
              f"({d['train_split']} -> {d['test_split']}, options {d['options']}) read from "
@@ -247,18 +258,16 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"copy, not comparable with published numbers). Model {cfg['model']}, learner "
              f"{cfg['learner']}. Dense: {iterations} iterations x {args.dense_meta_batch} "
              f"tasks. Pruning: schedule {schedule} (cumulative), {retrain} masked "
-             f"re-meta-training iterations per round, 20 scoring tasks per round. "
+             f"re-meta-training iterations per round, 20 scoring tasks per round"
+             f"{'; pruning options ' + str(args.extra) if args.extra else ''}. "
              f"meta-batch {cfg['train']['meta_batch']}, {rows[0]['tasks']} fixed test tasks, "
              f"{d['q_query']} queries per class in training. `diff_vs_dense` is the paired "
              f"per-task difference (points) with its "
              f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round. "
              f"{args.note}")
-    md = header(f"Accuracy vs sparsity: {setting['title']}", notes) + "\n"
-    md += markdown_table(rows) + "\n"
     png = _plot(rows, stem.with_suffix(".png"), setting["title"])
-    if png:
-        md += f"\n![accuracy vs sparsity]({png.name})\n"
-    atomic_write_text(stem.with_suffix(".md"), md)
+    write_results(stem, f"Accuracy vs sparsity: {setting['title']}", notes, rows,
+                  f"\n![accuracy vs sparsity]({png.name})\n" if png else "")
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> Path | None:
