@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import random_pruned_learner
 
 from metaprune.cli import main
 from metaprune.deploy.format import (
@@ -20,24 +21,10 @@ from metaprune.deploy.format import (
     save_mpz,
     size_report,
 )
-from metaprune.learners import build_learner
-from metaprune.models import build_model
 
 
 def pruned_learner(name: str = "maml", sparsity: float = 0.85, width: int = 32, seed: int = 0):
-    """Conv4 with random masks of the given sparsity on every conv/linear weight."""
-    torch.manual_seed(seed)
-    model = build_model("conv4", width=width)
-    learner = build_learner(name, model, inner_lr=0.4, eval_inner_steps=3)
-    if name == "metasgd":
-        with torch.no_grad():
-            for p in learner.lrs.values():
-                p.uniform_(0.05, 0.5)
-    g = torch.Generator().manual_seed(seed + 1)
-    masks = {n: (torch.rand(p.shape, generator=g) >= sparsity).float()
-             for n, p in model.named_parameters() if p.dim() > 1}
-    learner.set_masks(masks)
-    return learner
+    return random_pruned_learner(name, sparsity, seed, inner_lr=0.4, width=width)
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import random_pruned_learner
 from PIL import Image
 
 from metaprune.cli import main
 from metaprune.deploy.format import load_mpz, mpz_from_learner, save_mpz
 from metaprune.deploy.runtime import DeviceModel, load_image
-from metaprune.learners import build_learner
-from metaprune.models import build_model
 
 FORBIDDEN = ("metaprune.learners", "metaprune.training", "metaprune.pruning",
              "metaprune.evaluation", "metaprune.experiment", "metaprune.checkpoint",
@@ -29,17 +28,7 @@ FORBIDDEN = ("metaprune.learners", "metaprune.training", "metaprune.pruning",
 
 def pruned_learner(name: str = "maml", sparsity: float = 0.85, seed: int = 0,
                    model: str = "conv4", **model_kw):
-    torch.manual_seed(seed)
-    net = build_model(model, **({"width": 32} if model == "conv4" else model_kw))
-    learner = build_learner(name, net, inner_lr=0.3, eval_inner_steps=3)
-    if name == "metasgd":
-        with torch.no_grad():
-            for p in learner.lrs.values():
-                p.uniform_(0.05, 0.5)
-    g = torch.Generator().manual_seed(seed + 1)
-    learner.set_masks({n: (torch.rand(p.shape, generator=g) >= sparsity).float()
-                       for n, p in net.named_parameters() if p.dim() > 1})
-    return learner
+    return random_pruned_learner(name, sparsity, seed, inner_lr=0.3, model=model, **model_kw)
 
 
 def task(n_way: int = 5, k: int = 2, q: int = 4, seed: int = 3, shape=(1, 28, 28)):

@@ -1,0 +1,26 @@
+"""Builders shared by several test files (imported as ``helpers``; pytest puts tests/ on the
+path)."""
+
+from __future__ import annotations
+
+import torch
+
+from metaprune.learners import Learner, build_learner
+from metaprune.models import build_model
+
+
+def random_pruned_learner(name: str = "maml", sparsity: float = 0.85, seed: int = 0,
+                          inner_lr: float = 0.4, model: str = "conv4", **model_kw) -> Learner:
+    """A learner on ``model`` (Conv4-32 unless ``model_kw`` says otherwise) with random masks
+    of ``sparsity`` on every conv/linear weight; Meta-SGD gets non-constant learning rates."""
+    torch.manual_seed(seed)
+    net = build_model(model, **(model_kw or ({"width": 32} if model == "conv4" else {})))
+    learner = build_learner(name, net, inner_lr=inner_lr, eval_inner_steps=3)
+    if name == "metasgd":
+        with torch.no_grad():
+            for p in learner.lrs.values():
+                p.uniform_(0.05, 0.5)
+    g = torch.Generator().manual_seed(seed + 1)
+    learner.set_masks({n: (torch.rand(p.shape, generator=g) >= sparsity).float()
+                       for n, p in net.named_parameters() if p.dim() > 1})
+    return learner
