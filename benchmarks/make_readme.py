@@ -47,6 +47,12 @@ each result's `.md`.
 """
 
 
+FINDINGS = """## What we found
+
+(see below)
+"""
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(r.get(c, "") for c in cols) + " |" for r in rows]
@@ -54,9 +60,11 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 
 def main() -> None:
-    parts = [INTRO, "## Results: accuracy vs sparsity\n"]
+    parts = [INTRO, FINDINGS, "## Results: accuracy vs sparsity\n"]
     curves = [p for p in sorted(RESULTS.glob("sparsity_*.csv"))
               if not p.stem.endswith("_anp_vs_baselines")]
+    # the settings' own runs first, then replicates and ablations (sparsity_<setting>_<what>)
+    curves.sort(key=lambda p: (p.stem != f"sparsity_{_setting_of(p)}", p.stem))
     for path in curves:
         rows = list(csv.DictReader(path.open()))
         if not rows:
@@ -66,8 +74,10 @@ def main() -> None:
             r["paired diff vs dense"] = ("" if r["method"] == "dense" else
                                          f"{float(r['diff_vs_dense']):+.2f} +- {r['diff_ci95']}")
             r["sparsity %"] = f"{100 * float(r['target_sparsity']):.0f}"
-        parts.append(f"### Setting {rows[0]['setting']} ([{path.stem}.md](results/{path.stem}.md))"
-                     "\n")
+        what = "" if path.stem == f"sparsity_{rows[0]['setting']}" else \
+            f", {path.stem[len('sparsity_' + rows[0]['setting']) + 1:].replace('_', ' ')}"
+        parts.append(f"### Setting {rows[0]['setting']}{what} "
+                     f"([{path.stem}.md](results/{path.stem}.md))\n")
         parts.append(table(rows, ["method", "sparsity %", "accuracy (95% CI)",
                                   "paired diff vs dense", "tasks"]) + "\n")
         versus = path.with_name(f"{path.stem}_anp_vs_baselines.csv")
@@ -82,12 +92,34 @@ def main() -> None:
         png = path.with_suffix(".png")
         if png.exists():
             parts.append(f"![{path.stem}](results/{png.name})\n")
+    oneshot = sorted(RESULTS.glob("oneshot_*.csv"))
+    if oneshot:
+        parts.append("## Criterion quality without re-training (one-shot)\n")
+        parts.append("The same dense model pruned once to each sparsity, no re-meta-training, "
+                     "paired on the same test tasks: how well each criterion ranks the "
+                     "weights, apart from how well re-training repairs the damage.\n")
+    for path in oneshot:
+        rows = list(csv.DictReader(path.open()))
+        for r in rows:
+            r["accuracy (95% CI)"] = f"{r['accuracy']} +- {r['ci95']}"
+            r["paired diff vs dense"] = ("" if r["variant"] == "dense" else
+                                         f"{float(r['diff_vs_dense']):+.2f} +- {r['diff_ci95']}")
+            r["sparsity %"] = f"{100 * float(r['sparsity']):.0f}"
+        parts.append(f"### [{path.stem}.md](results/{path.stem}.md)\n")
+        parts.append(table(rows, ["variant", "sparsity %", "accuracy (95% CI)",
+                                  "paired diff vs dense", "tasks"]) + "\n")
     parts.append("## Other results\n")
     for md in sorted(RESULTS.glob("*.md")):
-        if not md.stem.startswith("sparsity_") or md.stem.endswith("_anp_vs_baselines"):
+        if not md.stem.startswith(("sparsity_", "oneshot_")) or \
+                md.stem.endswith("_anp_vs_baselines"):
             title = md.read_text().splitlines()[0].lstrip("# ")
             parts.append(f"- [{md.name}](results/{md.name}): {title}")
     (HERE / "README.md").write_text("\n".join(parts) + "\n")
+
+
+def _setting_of(path: Path) -> str:
+    with path.open() as f:
+        return next(csv.DictReader(f))["setting"]
 
 
 if __name__ == "__main__":
