@@ -26,15 +26,19 @@ L-OBS with the conventional loss) hurts it.
 | | the paper | here |
 |---|---|---|
 | data | mini-ImageNet and CUB, 84 px | full Omniglot 28 px (A, B, D, E); the REDUCED mini-ImageNet copy (100 images per class) at 42 px (C) |
-| hardware / budget | GPU, ~60k meta-training tasks per model | dense models on one H100 for about 5 minutes (600-700 iterations); pruning and re-training on a 2-core CPU |
-| schedule | 8 x 10% + 5% per layer, re-meta-training after each round | the same, continued to 90% and 95% (5% steps); 30-40 re-training iterations per round |
-| learners | MAML, Reptile, CAVIA | MAML (A-D); FOMAML, Reptile, ProtoNet planned for E |
+| hardware / budget | GPU, ~60k meta-training tasks per model | A, B: dense models on one H100 for about 5 minutes (600-700 iterations); C, D, E: dense models on ONE core of a 2-core CPU (1000-2000 iterations of 4-8 tasks, 6-20 minutes); all pruning, re-training and evaluation on the CPU |
+| schedule | 8 x 10% + 5% per layer, re-meta-training after each round | the same, continued to 90% and 95% (5% steps); 30-40 re-training iterations of 4-8 tasks per round |
+| learners | MAML, Reptile, CAVIA | MAML (A-D); first-order MAML, Reptile, ProtoNet (E) |
+| evaluation | mean over test tasks (protocol details not in our notes) | the same 600 fixed test tasks for every method of a setting, paired differences with 95% CI |
 
 ## Commands
 
 ```bash
 export METAPRUNE_DATA=../shared/data        # folder with omniglot/ and mini-imagenet/
 python benchmarks/sparsity_curve.py --setting A      # also B, C, D, E-fomaml, E-reptile, E-protonet
+python benchmarks/paired_vs_anp.py --setting A       # ANP minus each baseline, paired
+python benchmarks/oneshot_criteria.py --run-dir runs/sparsity_A --name oneshot_A
+python benchmarks/extra_retrain.py --run-dir runs/sparsity_A --round 9 --iterations 300 --meta-batch 8 --name sparsity_A_extra300
 python benchmarks/omniglot_maml.py --config configs/omniglot_5w1s_conv4_cpu.yaml
 python benchmarks/anp_timing.py --threads 1
 python benchmarks/device_report.py --help
