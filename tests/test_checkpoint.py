@@ -89,8 +89,14 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, sampler):
         meta_train(first, sampler, 6, 2, checkpoint_path=tmp_path / "ck", checkpoint_every=2,
                    progress=False, on_step=kill_after_4)
     assert last_iteration(tmp_path / "ck") == 4
+    # pretend the first 4 iterations took 1000 s: the resumed run must add to that
+    doc = json.loads((tmp_path / "ck.json").read_text())
+    doc["train_seconds"] = 1000.0
+    (tmp_path / "ck.json").write_text(json.dumps(doc))
     resumed = load_checkpoint(tmp_path / "ck")
-    meta_train(resumed.learner, sampler, 6, 2, start_iteration=4, progress=False)
+    meta_train(resumed.learner, sampler, 6, 2, start_iteration=4, progress=False,
+               checkpoint_path=tmp_path / "ck", checkpoint_every=2)
+    assert 1000.0 < load_checkpoint(tmp_path / "ck").meta["train_seconds"] < 1100.0
     for (n, a), (_, b) in zip(straight.model.named_parameters(),
                               resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)

@@ -81,8 +81,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if learner is None:
         learner = make_learner(cfg, train_data, device)
     meta = {"config": cfg, "data": cfg["data"], "kind": "dense"}
-    if done:
-        meta["train_seconds_before"] = c.meta.get("train_seconds", 0.0)
     t = cfg["train"]
     meta_train(learner, train_sampler(cfg, train_data), int(t["iterations"]),
                int(t["meta_batch"]), start_iteration=done, checkpoint_path=ckpt,

@@ -34,6 +34,13 @@ def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_bat
         raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
     history: list[dict] = []
     meta = dict(meta or {})
+    if start_iteration > 0 and checkpoint_path is not None and "train_seconds_before" not in meta:
+        # resuming: the time already spent counts, so train_seconds stays the whole run's
+        from .checkpoint import paths, read_meta
+
+        if Path(paths(checkpoint_path)[1]).exists():
+            meta["train_seconds_before"] = float(
+                read_meta(checkpoint_path).get("train_seconds", 0.0))
     bar = tqdm(range(start_iteration, iterations), desc=desc, disable=not progress,
                initial=start_iteration, total=iterations, dynamic_ncols=True)
     t0 = time.perf_counter()
