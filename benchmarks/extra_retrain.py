@@ -102,6 +102,29 @@ def main() -> None:
                  "iterations); compare `dense+N` to see what extra training alone gives.")
         write_results(Path(args.results_dir) / args.name,
                       f"Extra masked meta-training: {run.name}", notes, rows)
+    _write_anp_versus(run, args, [label for label, _, _ in sources])
+
+
+def _write_anp_versus(run: Path, args, labels: list[str]) -> None:
+    """``<name>_anp_vs.csv``: anp+N minus every other model+N (dense+N included), paired."""
+    if "anp" not in labels:
+        return
+    n = args.iterations
+
+    def result(label: str) -> EvalResult:
+        return EvalResult.load(run / "extra" / f"{label}_round{args.round:02d}_it{n}_eval.json")
+
+    anp = result("anp")
+    rows = []
+    for label in labels:
+        if label != "anp":
+            d = paired_difference(anp, result(label))
+            rows.append({"baseline": f"{label}+{n}", "anp_minus_baseline": round(100 * d.mean, 2),
+                         "ci95": round(100 * d.ci95, 2), "tasks": int(anp.accuracies.size)})
+    write_results(Path(args.results_dir) / f"{args.name}_anp_vs",
+                  f"anp+{n} minus each model+{n}, paired: {run.name}",
+                  f"From the evaluations of `{args.name}` (same extra budget for every model, "
+                  "same test tasks); positive: anp better.", rows)
 
 
 if __name__ == "__main__":
