@@ -22,7 +22,8 @@ def main() -> None:
     ap.add_argument("--setting", required=True)
     ap.add_argument("--run-dir", help="default: runs/sparsity_<setting>")
     ap.add_argument("--results-dir", default=str(RESULTS))
-    ap.add_argument("--name", help="results stem (default: sparsity_<setting>_anp_vs_baselines)")
+    ap.add_argument("--name", help="the run's results name, e.g. sparsity_A_seed1 (default: "
+                    "sparsity_<setting>); writes <name>_anp_vs_baselines.csv/.md")
     ap.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
                     help="another run's method folder to compare with")
     args = ap.parse_args()
@@ -48,7 +49,9 @@ def main() -> None:
                          "ci95": round(100 * d.ci95, 2), "tasks": d.tasks})
     if not rows:
         raise SystemExit(f"no paired evaluations found in {run}")
-    stem = Path(args.results_dir) / (args.name or f"sparsity_{args.setting}_anp_vs_baselines")
+    name = args.name or f"sparsity_{args.setting}"
+    suffix = "_anp_vs_baselines"  # never overwrite the curve's own <name>.csv
+    stem = Path(args.results_dir) / (name if name.endswith(suffix) else name + suffix)
     write_results(stem, f"Setting {args.setting}: ANP minus each baseline (paired, points)",
                   f"Per-task differences on the same fixed test tasks, from the evaluation "
                   f"files of {run}/anp and of {', '.join(str(f) for f in bases.values())} (see "

@@ -246,7 +246,8 @@ def _cumulative(schedule: list[float]) -> list[float]:
 def _row(setting, method, target, sparsity, res: EvalResult, diff, seconds, score_s) -> dict:
     return {"setting": setting, "method": method, "target_sparsity": target,
             "sparsity": round(sparsity, 4), **accuracy_columns(res, diff),
-            "seconds_to_reach": round(seconds, 1), "last_score_seconds": round(score_s, 2)}
+            "seconds_to_reach": round(seconds, 1), "last_score_seconds": round(score_s, 2),
+            "eval_seconds": round(float(res.meta.get("eval_seconds", float("nan"))), 1)}
 
 
 def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
@@ -263,7 +264,9 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"meta-batch {cfg['train']['meta_batch']}, {rows[0]['tasks']} fixed test tasks, "
              f"{d['q_query']} queries per class in training. `diff_vs_dense` is the paired "
              f"per-task difference (points) with its "
-             f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round. "
+             f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round "
+             f"(dense row: its meta-training time); `eval_seconds`: time to evaluate that "
+             f"row's model. "
              f"{args.note}")
     png = _plot(rows, stem.with_suffix(".png"), setting["title"])
     write_results(stem, f"Accuracy vs sparsity: {setting['title']}", notes, rows,
