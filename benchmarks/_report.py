@@ -7,6 +7,7 @@ import datetime as _dt
 import io
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def machine() -> dict[str, str]:
 
 
 def command_line() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
