@@ -39,6 +39,7 @@ python benchmarks/sparsity_curve.py --setting A      # also B, C, D, E-fomaml, E
 python benchmarks/paired_vs_anp.py --setting A       # ANP minus each baseline, paired
 python benchmarks/oneshot_criteria.py --run-dir runs/sparsity_A --name oneshot_A
 python benchmarks/extra_retrain.py --run-dir runs/sparsity_A --round 9 --iterations 300 --meta-batch 8 --name sparsity_A_extra300
+python benchmarks/mask_overlap.py --run-dir runs/sparsity_A --round 9 --methods anp,lobs,magnitude,taylor-meta-fo --name mask_overlap_A
 python benchmarks/omniglot_maml.py --config configs/omniglot_5w1s_conv4_cpu.yaml
 python benchmarks/anp_timing.py --threads 1
 python benchmarks/device_report.py --help
