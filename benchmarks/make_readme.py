@@ -219,8 +219,9 @@ def main() -> None:
                                   "paired diff vs dense", "tasks"]) + "\n")
     parts.append("## Other results\n")
     for md in sorted(RESULTS.glob("*.md")):
-        if not md.stem.startswith(("sparsity_", "oneshot_")) or \
-                md.stem.endswith("_anp_vs_baselines"):
+        shown = {c.stem for c in curves + oneshot} | \
+            {f"{c.stem}_anp_vs_baselines" for c in curves}  # tables above
+        if md.stem not in shown:
             title = md.read_text().splitlines()[0].lstrip("# ")
             parts.append(f"- [{md.name}](results/{md.name}): {title}")
     (HERE / "README.md").write_text("\n".join(parts) + "\n")
