@@ -109,6 +109,11 @@ Why A and B miss, as far as we found (setting A unless said):
    anp is level with lobs (+0.13 +- 0.32), ahead of magnitude (+0.67 +- 0.34) and behind
    taylor-meta-fo (-0.48 +- 0.33). The re-training budget is the largest single cause of the
    gap to dense; with it, ANP's lead over the baselines stays small on this 5-way task.
+   On B (20-way; [sparsity_B_extra300.md](results/sparsity_B_extra300.md), 300 iterations
+   x 8 tasks) the same extra budget takes anp from -10.09 to -4.61 +- 0.28 (lobs -3.47,
+   magnitude -9.71; the dense model given it: -0.42 +- 0.21), so B is further from
+   converged after pruning than A, and lobs stays ahead (anp-lobs -1.13 +- 0.28 at equal
+   budget, [sparsity_B_extra300_anp_vs.md](results/sparsity_B_extra300_anp_vs.md)).
 5. **Compensation in the iterative schedule.** Pruned once, compensation is worth 7 points at 85%
    (item 1); in the iterative schedule it is worth nothing at 85-90% and hurts at 95%: anp
    without it ([sparsity_A_nocomp.md](results/sparsity_A_nocomp.md)) gives -2.23 +- 0.37 at
