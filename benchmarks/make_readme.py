@@ -63,7 +63,7 @@ fixed test tasks; "met" means the CI includes the threshold):
 | A | anp >= every baseline at 85, 90, 95% | behind lobs at 85-95% (-0.74, -1.63, -2.56), behind taylor-meta-fo at 90-95%, behind magnitude at 95% | missed |
 | B: Omniglot 20-way 1-shot | anp at 85% within 1.0 of dense | -10.09 +- 0.32 | missed |
 | B | anp >= every baseline at 85, 90, 95% | far ahead of magnitude (+7.62, +12.55, +9.57) and random (+7.55, +16.03, +14.48), but behind taylor-meta (-3.48, -3.29, -15.36), taylor-meta-fo (-1.64, -2.42, -12.35) and, at 85-90%, lobs (-2.42, -1.34; +2.68 at 95%) | missed |
-| C: mini-ImageNet (reduced, 42 px), Conv4-32 | (no target) | -3.76 +- 0.60; ahead of magnitude at 85% (+2.58 +- 0.55), level at 90-95%; behind lobs at 90% (-1.17 +- 0.49) | |
+| C: mini-ImageNet (reduced, 42 px), Conv4-32 | (no target) | -3.76 +- 0.60; at 85% ahead of magnitude (+2.58 +- 0.55), random (+4.72), taylor-meta (+1.43) and taylor-meta-fo (+3.47), behind lobs (-0.51 +- 0.40); at 90% ahead of random (+2.33) and taylor-meta-fo (+1.40), level with magnitude and taylor-meta, behind lobs (-1.17 +- 0.49); at 95% all within 1 point of anp (-0.90 to +0.37) | |
 | D: ResNet-12 (16-32-64-128) | anp at 85% within 2.0 of dense | +0.56 +- 0.70 (magnitude -0.62 +- 0.72) | met |
 | E: ProtoNet | within 2.0 | -0.85 +- 0.25 (magnitude -1.92 +- 0.30) | met |
 | E: first-order MAML | within 2.0 | -1.88 +- 0.72 (magnitude -12.77) | met |
