@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint
+from .checkpoint import paths, read_meta, save_checkpoint
 from .data.tasks import TaskSampler
 from .learners import Learner
 
@@ -36,8 +36,6 @@ def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_bat
     meta = dict(meta or {})
     if start_iteration > 0 and checkpoint_path is not None and "train_seconds_before" not in meta:
         # resuming: the time already spent counts, so train_seconds stays the whole run's
-        from .checkpoint import paths, read_meta
-
         if Path(paths(checkpoint_path)[1]).exists():
             meta["train_seconds_before"] = float(
                 read_meta(checkpoint_path).get("train_seconds", 0.0))
@@ -66,8 +64,6 @@ def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_bat
 
 def last_iteration(checkpoint_path: str | os.PathLike) -> int | None:
     """Iterations recorded in an existing checkpoint, or None if there is none."""
-    from .checkpoint import paths, read_meta
-
     st, js = paths(checkpoint_path)
     if not (Path(st).exists() and Path(js).exists()):
         return None
