@@ -70,6 +70,24 @@ def write_results(stem: Path, title: str, notes: str, rows: list[dict], tail: st
     atomic_write_text(stem.with_suffix(".md"), md)
 
 
+def cached_evaluation(path: Path, tasks, evaluate_now):
+    """The ``EvalResult`` saved at ``path`` if it was made on ``tasks`` (same fingerprint);
+    otherwise ``evaluate_now()``, timed (``meta["eval_seconds"]``) and saved there."""
+    import time
+
+    from metaprune.evaluation import EvalResult
+
+    if path.exists():
+        res = EvalResult.load(path)
+        if res.task_fingerprint == tasks.fingerprint():
+            return res
+    t0 = time.perf_counter()
+    res = evaluate_now()
+    res.meta["eval_seconds"] = time.perf_counter() - t0
+    res.save(path)
+    return res
+
+
 def accuracy_columns(res, diff=None) -> dict:
     """Result columns shared by the accuracy tables: mean accuracy and 95% CI of an
     ``EvalResult`` and, when given, its paired difference to the reference (points)."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from _report import RESULTS, accuracy_columns, write_results
+from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
-from metaprune.checkpoint import load_checkpoint
+from metaprune.checkpoint import load_checkpoint, read_meta
 from metaprune.data.tasks import TaskList
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, train_sampler
@@ -67,39 +66,34 @@ def main() -> None:
     for m in methods:
         rr = json.loads((run / m / f"round{args.round:02d}.json").read_text())["round_result"]
         sources.append((m, run / m / f"round{args.round:02d}", round(rr["sparsity"], 4)))
+    notes = (f"Models of `{run}` at round {args.round} (and the dense model as a control) "
+             f"meta-trained for {n} more iterations x {meta_batch} tasks with their masks "
+             f"(task stream offset {EXTRA_TASK_OFFSET}, disjoint from dense training, "
+             "re-training and scoring), evaluated on the run's fixed test tasks. "
+             "`diff_vs_dense` is paired against the ORIGINAL dense model (0 extra "
+             "iterations); compare `dense+N` to see what extra training alone gives.")
     for label, src, sparsity in sources:
-        before = rows[0] if label == "dense" else None
-        if label != "dense":
+        if label != "dense":  # the model before the extra training
             res0 = EvalResult.load(run / label / f"eval_round{args.round:02d}.json")
-            before = {"model": label, "extra_iterations": 0, "sparsity": sparsity,
-                      **accuracy_columns(res0, paired_difference(res0, dense)),
-                      "train_seconds": 0.0}
-            rows.append(before)
+            rows.append({"model": label, "extra_iterations": 0, "sparsity": sparsity,
+                         **accuracy_columns(res0, paired_difference(res0, dense)),
+                         "train_seconds": 0.0})
         out = run / "extra" / f"{label}_round{args.round:02d}_it{n}"
         done = last_iteration(out)
         learner = load_checkpoint(out if done else src).learner
-        t0 = time.perf_counter()
         meta_train(learner, sampler, n, meta_batch, start_iteration=done or 0,
                    checkpoint_path=out, checkpoint_every=50,
                    meta={"config": cfg, "data": cfg["data"], "extra_from": str(src)},
                    progress=progress, desc=f"{label} +{n}")
-        seconds = load_checkpoint(out, with_optimizer=False).meta.get(
-            "train_seconds", time.perf_counter() - t0)
-        eval_path = out.with_name(out.name + "_eval.json")
-        res = EvalResult.load(eval_path) if eval_path.exists() else None
-        if res is None or res.task_fingerprint != tasks.fingerprint():
-            res = evaluate(learner, test_data, tasks, progress=progress, desc=f"eval {label}")
-            res.save(eval_path)
+        seconds = float(read_meta(out)["train_seconds"])  # meta_train records it
+        res = cached_evaluation(
+            out.with_name(out.name + "_eval.json"), tasks,
+            lambda lrn=learner, desc=f"eval {label}": evaluate(
+                lrn, test_data, tasks, progress=progress, desc=desc))
         rows.append({"model": f"{label}+{n}", "extra_iterations": n, "sparsity": sparsity,
                      **accuracy_columns(res, paired_difference(res, dense)),
                      "train_seconds": round(seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
-        notes = (f"Models of `{run}` at round {args.round} (and the dense model as a control) "
-                 f"meta-trained for {n} more iterations x {meta_batch} tasks with their masks "
-                 f"(task stream offset {EXTRA_TASK_OFFSET}, disjoint from dense training, "
-                 "re-training and scoring), evaluated on the run's fixed test tasks. "
-                 "`diff_vs_dense` is paired against the ORIGINAL dense model (0 extra "
-                 "iterations); compare `dense+N` to see what extra training alone gives.")
         write_results(Path(args.results_dir) / args.name,
                       f"Extra masked meta-training: {run.name}", notes, rows)
     _write_anp_versus(run, args, [label for label, _, _ in sources])

@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _report import RESULTS, accuracy_columns, write_results
+from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
 from metaprune.checkpoint import load_checkpoint
 from metaprune.data.tasks import TaskList
@@ -73,14 +73,8 @@ def main() -> None:
     progress = not args.no_progress
 
     def cached(key: str, make) -> EvalResult:
-        path = cache / f"{key}.json"
-        if path.exists():
-            res = EvalResult.load(path)
-            if res.task_fingerprint == tasks.fingerprint():
-                return res
-        res = evaluate(make(), test_data, tasks, progress=progress, desc=key)
-        res.save(path)
-        return res
+        return cached_evaluation(cache / f"{key}.json", tasks, lambda: evaluate(
+            make(), test_data, tasks, progress=progress, desc=key))
 
     dense = cached("dense", lambda: load_checkpoint(run / "dense").learner)
     rows = [_row("dense", 0.0, dense, None)]

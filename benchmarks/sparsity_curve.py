@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from _report import RESULTS, accuracy_columns, write_results
+from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
 from metaprune.checkpoint import load_checkpoint
 from metaprune.config import load_config
@@ -134,15 +134,8 @@ def main() -> None:
     args.dense_meta_batch = dense_doc["config"]["train"]["meta_batch"]
 
     def cached_eval(lrn, path: Path, desc: str) -> EvalResult:
-        if path.exists():
-            res = EvalResult.load(path)
-            if res.task_fingerprint == tasks.fingerprint():
-                return res
-        t = time.perf_counter()
-        res = evaluate(lrn, test_data, tasks, device=args.device, progress=progress, desc=desc)
-        res.meta["eval_seconds"] = time.perf_counter() - t
-        res.save(path)
-        return res
+        return cached_evaluation(path, tasks, lambda: evaluate(
+            lrn, test_data, tasks, device=args.device, progress=progress, desc=desc))
 
     dense = cached_eval(learner, run / "eval_dense.json", "evaluate dense")
     rows = [_row(args.setting, "dense", 0.0, 0.0, dense, None, timings["dense_train"], 0.0)]
