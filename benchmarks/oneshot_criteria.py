@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
+from _report import RESULTS, accuracy_columns, cached_evaluation, parse_option, write_results
 
 from metaprune.checkpoint import load_checkpoint
 from metaprune.data.tasks import TaskList
@@ -35,17 +35,10 @@ DEFAULT_VARIANTS = [
 
 def parse_variant(text: str) -> tuple[str, dict]:
     method, _, opts = text.partition(":")
-    out: dict = {}
-    for kv in filter(None, opts.split(",")):
-        k, _, v = kv.partition("=")
-        if k in ("damping",):
-            out[k] = float(v)
-        elif k == "patch_stride":
-            out[k] = int(v)
-        elif k in ("h_data", "compensation"):
-            out[k] = v
-        else:
-            raise ValueError(f"variant '{text}': unknown option '{k}'")
+    out = dict(parse_option(kv, f"variant '{text}'") for kv in filter(None, opts.split(",")))
+    unknown = set(out) - {"damping", "patch_stride", "h_data", "compensation"}
+    if unknown:
+        raise ValueError(f"variant '{text}': unknown option(s) {sorted(unknown)}")
     return method, out
 
 

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
+from _report import RESULTS, accuracy_columns, cached_evaluation, parse_option, write_results
 
 from metaprune.checkpoint import load_checkpoint
 from metaprune.config import load_config
@@ -105,7 +105,7 @@ def main() -> None:
     methods = args.methods.split(",") if args.methods else setting["methods"]
     report_at = ([float(x) for x in args.report_at.split(",")] if args.report_at
                  else setting.get("report_at", REPORT_AT))
-    extra = args.extra = dict(_parse_option(kv) for kv in args.pruning)
+    extra = args.extra = dict(parse_option(kv, "--pruning") for kv in args.pruning)
     schedule = SCHEDULE[: 1 + max(i for i, t in enumerate(_cumulative(SCHEDULE))
                                   if t <= max(report_at) + 1e-9)]
     run = Path(args.run_dir or f"runs/sparsity_{args.setting}")
@@ -214,18 +214,6 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
         rows.append(_row(args.setting, STRUCTURED, target, sparsity, res,
                          paired_difference(res, dense), seconds, 0.0))
     return rows
-
-
-def _parse_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--pruning expects key=value, got '{text}'")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(value.lower(), value)
 
 
 def _cumulative(schedule: list[float]) -> list[float]:
