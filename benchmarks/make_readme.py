@@ -164,30 +164,27 @@ def budget_section(paths: list[Path]) -> str:
     if not rows:
         return ""
     return ("## Time per setting\n\nFrom each setting's CSV (one CPU core per job unless its "
-            ".md says otherwise; B's dense model was trained on an H100). The budget is 150 "
-            "minutes per setting. A's and B's dense models were trained on an H100 (their CPU "
-            "time is not measured); B's anp, lobs and magnitude runs and their evaluations "
-            "shared the 2 cores with three other jobs, so its times are upper bounds.\n\n" + table(rows, list(rows[0])) + "\n")
+            ".md says otherwise). The budget is 150 minutes per setting. A's and B's dense "
+            "models were trained on an H100 (their CPU time is not measured); B's anp, lobs "
+            "and magnitude runs and their evaluations shared the 2 cores with three other "
+            "jobs, so its times are upper bounds.\n\n" + table(rows, list(rows[0])) + "\n")
 
 
 def main() -> None:
     parts = [INTRO, FINDINGS]
-    curves = [p for p in sorted(RESULTS.glob("sparsity_*.csv"))
-              if not p.stem.endswith(("_anp_vs_baselines", "_anp_vs"))
-              and "method" in next(csv.DictReader(p.open()), {})]
+    # accuracy-vs-sparsity curves (a "method" column) -> their setting
+    setting_of = {p: first["setting"] for p in sorted(RESULTS.glob("sparsity_*.csv"))
+                  if "method" in (first := _first_row(p))}
+    curves = sorted(setting_of, key=lambda p: (p.stem != f"sparsity_{setting_of[p]}", p.stem))
     # the settings' own runs first, then replicates and ablations (sparsity_<setting>_<what>)
-    curves.sort(key=lambda p: (p.stem != f"sparsity_{_setting_of(p)}", p.stem))
-    parts += [budget_section([p for p in curves if p.stem == f"sparsity_{_setting_of(p)}"]),
+    parts += [budget_section([p for p in curves if p.stem == f"sparsity_{setting_of[p]}"]),
               "## Results: accuracy vs sparsity\n"]
     for path in curves:
         rows = list(csv.DictReader(path.open()))
         if not rows:
             continue
         for r in rows:
-            r["accuracy (95% CI)"] = f"{r['accuracy']} +- {r['ci95']}"
-            r["paired diff vs dense"] = ("" if r["method"] == "dense" else
-                                         f"{float(r['diff_vs_dense']):+.2f} +- {r['diff_ci95']}")
-            r["sparsity %"] = f"{100 * float(r['target_sparsity']):.0f}"
+            _add_display_columns(r, r["method"] == "dense", r["target_sparsity"])
         what = "" if path.stem == f"sparsity_{rows[0]['setting']}" else \
             f", {path.stem[len('sparsity_' + rows[0]['setting']) + 1:].replace('_', ' ')}"
         parts.append(f"### Setting {rows[0]['setting']}{what} "
@@ -215,26 +212,31 @@ def main() -> None:
     for path in oneshot:
         rows = list(csv.DictReader(path.open()))
         for r in rows:
-            r["accuracy (95% CI)"] = f"{r['accuracy']} +- {r['ci95']}"
-            r["paired diff vs dense"] = ("" if r["variant"] == "dense" else
-                                         f"{float(r['diff_vs_dense']):+.2f} +- {r['diff_ci95']}")
-            r["sparsity %"] = f"{100 * float(r['sparsity']):.0f}"
+            _add_display_columns(r, r["variant"] == "dense", r["sparsity"])
         parts.append(f"### [{path.stem}.md](results/{path.stem}.md)\n")
         parts.append(table(rows, ["variant", "sparsity %", "accuracy (95% CI)",
                                   "paired diff vs dense", "tasks"]) + "\n")
     parts.append("## Other results\n")
+    shown = {c.stem for c in curves + oneshot} | \
+        {f"{c.stem}_anp_vs_baselines" for c in curves}  # tables above
     for md in sorted(RESULTS.glob("*.md")):
-        shown = {c.stem for c in curves + oneshot} | \
-            {f"{c.stem}_anp_vs_baselines" for c in curves}  # tables above
         if md.stem not in shown:
             title = md.read_text().splitlines()[0].lstrip("# ")
             parts.append(f"- [{md.name}](results/{md.name}): {title}")
     (HERE / "README.md").write_text("\n".join(parts) + "\n")
 
 
-def _setting_of(path: Path) -> str:
+def _add_display_columns(r: dict, is_dense: bool, sparsity: str) -> None:
+    """The table columns of one accuracy row: accuracy with CI, paired diff, sparsity %."""
+    r["accuracy (95% CI)"] = f"{r['accuracy']} +- {r['ci95']}"
+    r["paired diff vs dense"] = ("" if is_dense else
+                                 f"{float(r['diff_vs_dense']):+.2f} +- {r['diff_ci95']}")
+    r["sparsity %"] = f"{100 * float(sparsity):.0f}"
+
+
+def _first_row(path: Path) -> dict:
     with path.open() as f:
-        return next(csv.DictReader(f))["setting"]
+        return next(csv.DictReader(f), {})
 
 
 if __name__ == "__main__":
