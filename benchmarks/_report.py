@@ -70,20 +70,6 @@ def write_results(stem: Path, title: str, notes: str, rows: list[dict], tail: st
     atomic_write_text(stem.with_suffix(".md"), md)
 
 
-def parse_option(text: str, what: str = "option") -> tuple[str, object]:
-    """``key=value`` -> (key, value as int, float, bool or str); ``what`` names the source in
-    the error."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"{what} expects key=value, got '{text}'")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(value.lower(), value)
-
-
 def cached_evaluation(path: Path, tasks, evaluate_now):
     """The ``EvalResult`` saved at ``path`` if it was made on ``tasks`` (same fingerprint);
     otherwise ``evaluate_now()``, timed (``meta["eval_seconds"]``) and saved there."""

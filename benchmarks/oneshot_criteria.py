@@ -19,9 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
-from _report import RESULTS, accuracy_columns, cached_evaluation, parse_option, write_results
+from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
 from metaprune.checkpoint import load_checkpoint
+from metaprune.config import parse_key_value
 from metaprune.data.tasks import TaskList
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, train_sampler
@@ -35,7 +36,8 @@ DEFAULT_VARIANTS = [
 
 def parse_variant(text: str) -> tuple[str, dict]:
     method, _, opts = text.partition(":")
-    out = dict(parse_option(kv, f"variant '{text}'") for kv in filter(None, opts.split(",")))
+    out = dict(parse_key_value(kv, f"variant '{text}' option")
+               for kv in filter(None, opts.split(",")))
     unknown = set(out) - {"damping", "patch_stride", "h_data", "compensation"}
     if unknown:
         raise ValueError(f"variant '{text}': unknown option(s) {sorted(unknown)}")

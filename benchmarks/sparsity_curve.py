@@ -19,10 +19,10 @@ import json
 import time
 from pathlib import Path
 
-from _report import RESULTS, accuracy_columns, cached_evaluation, parse_option, write_results
+from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
 from metaprune.checkpoint import load_checkpoint
-from metaprune.config import load_config
+from metaprune.config import load_config, parse_key_value
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, make_learner, test_tasks, train_sampler
 from metaprune.pruning import prune
@@ -105,7 +105,7 @@ def main() -> None:
     methods = args.methods.split(",") if args.methods else setting["methods"]
     report_at = ([float(x) for x in args.report_at.split(",")] if args.report_at
                  else setting.get("report_at", REPORT_AT))
-    extra = args.extra = dict(parse_option(kv, "--pruning") for kv in args.pruning)
+    extra = args.extra = dict(parse_key_value(kv, "--pruning") for kv in args.pruning)
     schedule = SCHEDULE[: 1 + max(i for i, t in enumerate(_cumulative(SCHEDULE))
                                   if t <= max(report_at) + 1e-9)]
     run = Path(args.run_dir or f"runs/sparsity_{args.setting}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metaprune.config import ConfigError, load_config
+from metaprune.config import ConfigError, load_config, parse_key_value
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -42,3 +42,15 @@ def test_shipped_configs_load(path: Path) -> None:
     from metaprune.models import MODELS
 
     assert cfg["learner"]["name"] in LEARNERS and cfg["model"]["name"] in MODELS
+
+
+def test_key_value_options_are_typed_and_bad_ones_named() -> None:
+    assert parse_key_value("image_size=42") == ("image_size", 42)
+    assert parse_key_value("damping=1e-4") == ("damping", 1e-4)
+    assert parse_key_value("rotations=True") == ("rotations", True)
+    assert parse_key_value("include_last=false") == ("include_last", False)
+    assert parse_key_value("h_data=support") == ("h_data", "support")
+    assert parse_key_value("path=a=b") == ("path", "a=b")  # only the first '=' splits
+    for bad in ("damping", "=3"):
+        with pytest.raises(ValueError, match=f"--pruning '{bad}': expected KEY=VALUE"):
+            parse_key_value(bad, "--pruning")

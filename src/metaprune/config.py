@@ -71,6 +71,20 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
+def parse_key_value(text: str, what: str = "option") -> tuple[str, object]:
+    """``KEY=VALUE`` -> (KEY, VALUE as int, float, bool or str); ``what`` names the flag in
+    the error."""
+    key, sep, val = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{what} '{text}': expected KEY=VALUE")
+    for conv in (int, float):
+        try:
+            return key, conv(val)
+        except ValueError:
+            pass
+    return key, {"true": True, "false": False}.get(val.lower(), val)
+
+
 def set_key(cfg: dict, item: str) -> None:
     """Apply one ``a.b.c=value`` override in place."""
     if "=" not in item:

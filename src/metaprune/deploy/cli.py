@@ -84,16 +84,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---- export-episode ---------------------------------------------------------------------------
-def _option(text: str) -> tuple[str, object]:
-    key, sep, val = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--option '{text}': expected KEY=VALUE")
-    for conv in (int, float):
-        try:
-            return key, conv(val)
-        except ValueError:
-            pass
-    return key, {"true": True, "false": False}.get(val.lower(), val)
 
 
 def _safe_name(name: str) -> str:
@@ -104,6 +94,7 @@ def cmd_export_episode(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
+    from ..config import parse_key_value
     from ..data.registry import get_dataset
     from ..data.tasks import TaskSampler
 
@@ -112,7 +103,7 @@ def cmd_export_episode(args: argparse.Namespace) -> int:
         d = out / sub
         if d.exists() and any(d.iterdir()):
             raise ValueError(f"output folder '{d}' is not empty: choose a new --out")
-    options = dict(_option(o) for o in args.option)
+    options = dict(parse_key_value(o, "--option") for o in args.option)
     ds = get_dataset(args.dataset, args.split, args.root, **options)
     sampler = TaskSampler(ds, args.n_way, args.k_shot, args.queries, seed=args.seed,
                           name=f"{args.dataset}/{args.split}")
