@@ -44,6 +44,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--meta-batch", type=int, help="default: the dense run's")
     ap.add_argument("--methods", help="default: every method folder of the run")
+    ap.add_argument("--control-only", action="store_true",
+                    help="train only the dense+N control; list each method's round model as "
+                    "it is, paired against both the dense model and dense+N (is a pruned model "
+                    "as good as a dense model meta-trained as long?)")
     ap.add_argument("--name", required=True, help="results file stem")
     ap.add_argument("--results-dir", default=str(RESULTS))
     ap.add_argument("--no-progress", action="store_true")
@@ -66,18 +70,33 @@ def main() -> None:
     for m in methods:
         rr = json.loads((run / m / f"round{args.round:02d}.json").read_text())["round_result"]
         sources.append((m, run / m / f"round{args.round:02d}", round(rr["sparsity"], 4)))
-    notes = (f"Models of `{run}` at round {args.round} (and the dense model as a control) "
-             f"meta-trained for {n} more iterations x {meta_batch} tasks with their masks "
-             f"(task stream offset {EXTRA_TASK_OFFSET}, disjoint from dense training, "
-             "re-training and scoring), evaluated on the run's fixed test tasks. "
-             "`diff_vs_dense` is paired against the ORIGINAL dense model (0 extra "
-             "iterations); compare `dense+N` to see what extra training alone gives.")
+    trained = "the dense model" if args.control_only else \
+        f"models of `{run}` at round {args.round} (and the dense model as a control)"
+    notes = (f"The {trained} meta-trained for {n} more iterations x {meta_batch} tasks"
+             f"{'' if args.control_only else ' with their masks'} (task stream offset "
+             f"{EXTRA_TASK_OFFSET}, disjoint from dense training, re-training and scoring), "
+             "evaluated on the run's fixed test tasks. `diff_vs_dense` is paired against the "
+             "ORIGINAL dense model (0 extra iterations); compare `dense+N` to see what extra "
+             "training alone gives.")
+    if args.control_only:
+        notes += (f" Each method's round-{args.round} model is listed as it is, and "
+                  f"`diff_vs_dense+{n}` pairs it with the dense model trained {n} iterations "
+                  "more.")
+    title = (f"Extra meta-training of the dense control: {run.name}" if args.control_only
+             else f"Extra masked meta-training: {run.name}")
+    extra: dict[str, EvalResult] = {}  # label -> evaluation after the N extra iterations
     for label, src, sparsity in sources:
         if label != "dense":  # the model before the extra training
             res0 = EvalResult.load(run / label / f"eval_round{args.round:02d}.json")
             rows.append({"model": label, "extra_iterations": 0, "sparsity": sparsity,
                          **accuracy_columns(res0, paired_difference(res0, dense)),
                          "train_seconds": 0.0})
+            if args.control_only:
+                d = paired_difference(res0, extra["dense"])
+                rows[-1][f"diff_vs_dense+{n}"] = round(100 * d.mean, 2)
+                rows[-1][f"diff_vs_dense+{n}_ci95"] = round(100 * d.ci95, 2)
+                write_results(Path(args.results_dir) / args.name, title, notes, rows)
+                continue
         out = run / "extra" / f"{label}_round{args.round:02d}_it{n}"
         done = last_iteration(out)
         learner = load_checkpoint(out if done else src).learner
@@ -90,13 +109,14 @@ def main() -> None:
             out.with_name(out.name + "_eval.json"), tasks,
             lambda lrn=learner, desc=f"eval {label}": evaluate(
                 lrn, test_data, tasks, progress=progress, desc=desc))
+        extra[label] = res
         rows.append({"model": f"{label}+{n}", "extra_iterations": n, "sparsity": sparsity,
                      **accuracy_columns(res, paired_difference(res, dense)),
                      "train_seconds": round(seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
-        write_results(Path(args.results_dir) / args.name,
-                      f"Extra masked meta-training: {run.name}", notes, rows)
-    _write_anp_versus(run, args, [label for label, _, _ in sources])
+        write_results(Path(args.results_dir) / args.name, title, notes, rows)
+    if not args.control_only:
+        _write_anp_versus(run, args, [label for label, _, _ in sources])
 
 
 def _write_anp_versus(run: Path, args, labels: list[str]) -> None:
