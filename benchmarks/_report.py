@@ -50,13 +50,18 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     from metaprune.io import atomic_write_text
 
     buf = io.StringIO()
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    w = csv.DictWriter(buf, fieldnames=fields)
+    w = csv.DictWriter(buf, fieldnames=_columns(rows))
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    """Every key of ``rows``, in order of first appearance (rows may have extra columns)."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols
 
 
 def write_results(stem: Path, title: str, notes: str, rows: list[dict], tail: str = "") -> None:
@@ -98,7 +103,7 @@ def accuracy_columns(res, diff=None) -> dict:
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    cols = columns or list(rows[0])
+    cols = columns or _columns(rows)
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")

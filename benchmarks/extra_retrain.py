@@ -70,9 +70,9 @@ def main() -> None:
     for m in methods:
         rr = json.loads((run / m / f"round{args.round:02d}.json").read_text())["round_result"]
         sources.append((m, run / m / f"round{args.round:02d}", round(rr["sparsity"], 4)))
-    trained = "the dense model" if args.control_only else \
-        f"models of `{run}` at round {args.round} (and the dense model as a control)"
-    notes = (f"The {trained} meta-trained for {n} more iterations x {meta_batch} tasks"
+    trained = "The dense model" if args.control_only else \
+        f"Models of `{run}` at round {args.round} (and the dense model as a control)"
+    notes = (f"{trained} meta-trained for {n} more iterations x {meta_batch} tasks"
              f"{'' if args.control_only else ' with their masks'} (task stream offset "
              f"{EXTRA_TASK_OFFSET}, disjoint from dense training, re-training and scoring), "
              "evaluated on the run's fixed test tasks. `diff_vs_dense` is paired against the "
