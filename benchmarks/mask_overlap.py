@@ -2,7 +2,8 @@
 
 For one round of a ``sparsity_curve.py`` run, compares the masks of a reference method (anp)
 with every other method's, layer by layer: the fraction of the reference's kept weights that
-the other method keeps too (1.0: the same mask), and the L2 norm of each layer's weights.
+the other method keeps too (1.0: the same mask), the output units (conv channels, class
+logits) left with no weight at all, and the L2 norm of each layer's weights.
 
     python benchmarks/mask_overlap.py --run-dir runs/sparsity_A --round 9 --name mask_overlap_A
 """
@@ -45,13 +46,16 @@ def main() -> None:
             weight = dict(lrn.model.named_parameters())[layer].detach()
             rows.append({
                 "layer": layer, "method": method, "weights": kept.numel(),
-                "kept": int(other.sum()),
+                "kept": int(other.sum()), "outputs": other.shape[0],
+                "dead_outputs": int((~other.reshape(other.shape[0], -1).any(dim=1)).sum()),
                 f"overlap_with_{args.reference}": round(
                     float((kept & other).sum()) / max(int(kept.sum()), 1), 3),
                 "weight_norm": round(float(weight.norm()), 3)})
     notes = (f"Masks of `{run}/<method>/{ckpt}` (after the round's re-meta-training). "
              f"`overlap_with_{args.reference}`: fraction of {args.reference}'s kept weights "
-             "that the method keeps too; `weight_norm`: L2 norm of the layer's weights.")
+             "that the method keeps too; `dead_outputs`: output units (of `outputs`) with every "
+             "weight pruned (a dead class logit keeps only its bias); `weight_norm`: L2 norm of "
+             "the layer's weights.")
     write_results(Path(args.results_dir) / args.name, f"Mask overlap: {args.name}", notes, rows)
     print(f"wrote {args.name}.csv/.md ({len(rows)} rows)")
 
