@@ -159,10 +159,13 @@ Why A and B miss, as far as we found (setting A unless said):
 
 7. **The re-training budget decides the order** (table below: the same setting at 10, 40
    and 100 re-training iterations per round). The fewer the iterations, the further ANP is
-   ahead of magnitude (85%: +2.14 +- 0.47 at 10, +0.30 at 40, +0.12 at 100) and, at 95%,
-   of lobs; with more, the criteria converge. Against lobs, which differs from ANP only in
-   computing H on the un-adapted network, ANP is behind at 85% at every budget (-0.39 +-
-   0.38, -0.74, -0.48; second seeds at 40 and 100: -1.28, -0.42). In our runs the
+   ahead of magnitude (85%: +2.14 +- 0.47 at 10, +0.30 at 40, +0.12 at 100; a second
+   pruning seed at 10: +0.85 +- 0.48, and +1.60 +- 0.62 at 90%,
+   [sparsity_A_r10_seed1_anp_vs_baselines.md](results/sparsity_A_r10_seed1_anp_vs_baselines.md))
+   and, at 95%, of lobs (+13.18 +- 0.92; second seed +3.10 +- 0.93); with more, the criteria
+   converge. Against lobs, which differs from ANP only in computing H on the un-adapted
+   network, ANP is never ahead at 85%: -0.39 +- 0.38, -0.74, -0.48 at 10, 40, 100 (second
+   seeds: -0.33 +- 0.44, -1.28, -0.42). In our runs the
    adaptation-aware H gives the best ranking when the network is pruned once (item 1) and
    no gain once it is re-meta-trained with its mask.
 
