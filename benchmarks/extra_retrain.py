@@ -95,7 +95,6 @@ def main() -> None:
                 d = paired_difference(res0, extra["dense"])
                 rows[-1][f"diff_vs_dense+{n}"] = round(100 * d.mean, 2)
                 rows[-1][f"diff_vs_dense+{n}_ci95"] = round(100 * d.ci95, 2)
-                write_results(Path(args.results_dir) / args.name, title, notes, rows)
                 continue
         out = run / "extra" / f"{label}_round{args.round:02d}_it{n}"
         done = last_iteration(out)
@@ -114,25 +113,22 @@ def main() -> None:
                      **accuracy_columns(res, paired_difference(res, dense)),
                      "train_seconds": round(seconds, 1)})
         print(json.dumps(rows[-1]), flush=True)
-        write_results(Path(args.results_dir) / args.name, title, notes, rows)
+        write_results(Path(args.results_dir) / args.name, title, notes, rows)  # progress
+    write_results(Path(args.results_dir) / args.name, title, notes, rows)
     if not args.control_only:
-        _write_anp_versus(run, args, [label for label, _, _ in sources])
+        _write_anp_versus(run, args, extra)
 
 
-def _write_anp_versus(run: Path, args, labels: list[str]) -> None:
+def _write_anp_versus(run: Path, args, extra: dict[str, EvalResult]) -> None:
     """``<name>_anp_vs.csv``: anp+N minus every other model+N (dense+N included), paired."""
-    if "anp" not in labels:
+    if "anp" not in extra:
         return
     n = args.iterations
-
-    def result(label: str) -> EvalResult:
-        return EvalResult.load(run / "extra" / f"{label}_round{args.round:02d}_it{n}_eval.json")
-
-    anp = result("anp")
+    anp = extra["anp"]
     rows = []
-    for label in labels:
+    for label, res in extra.items():
         if label != "anp":
-            d = paired_difference(anp, result(label))
+            d = paired_difference(anp, res)
             rows.append({"baseline": f"{label}+{n}", "anp_minus_baseline": round(100 * d.mean, 2),
                          "ci95": round(100 * d.ci95, 2), "tasks": int(anp.accuracies.size)})
     write_results(Path(args.results_dir) / f"{args.name}_anp_vs",

@@ -226,9 +226,9 @@ def budget_section(paths: list[Path]) -> str:
     if not rows:
         return ""
     return ("## Time per setting\n\nFrom each setting's CSV, in minutes of one CPU core (one "
-            "core per job unless its .md says otherwise; the runs used both cores of the machine, "
-            "two jobs at a time, so their wall time was shorter). The budget is 150 minutes per setting. A's and B's dense "
-            "models were trained on an H100; their CPU time is estimated from timed CPU "
+            "core per job unless its .md says otherwise; the runs used both cores of the "
+            "machine, two jobs at a time, so their wall time was shorter). The budget is 150 "
+            "minutes per setting. A's and B's dense models were trained on an H100; their CPU time is estimated from timed CPU "
             "iterations of the same configuration ([dense_cpu_time.md](results/"
             "dense_cpu_time.md)) and counted in the total. B's anp, lobs and magnitude runs "
             "and their evaluations shared the 2 cores with three other jobs, so its times are "
@@ -246,21 +246,24 @@ def budget_order_section() -> str:
     """ANP against dense and each baseline at 85, 90 and 95%, one row per re-training budget of
     setting A, from the curves' CSVs and their <stem>_anp_vs_baselines.csv."""
     rows = []
-    for sparsity in ("0.85", "0.9", "0.95"):
-        for iters, stem in BUDGET_CURVES:
-            curve, versus = RESULTS / f"{stem}.csv", RESULTS / f"{stem}_anp_vs_baselines.csv"
-            if not (curve.exists() and versus.exists()):
+    for iters, stem in BUDGET_CURVES:
+        curve, versus = RESULTS / f"{stem}.csv", RESULTS / f"{stem}_anp_vs_baselines.csv"
+        if not (curve.exists() and versus.exists()):
+            continue
+        versus_rows = list(csv.DictReader(versus.open()))
+        for anp in csv.DictReader(curve.open()):
+            sparsity = anp["target_sparsity"]
+            if anp["method"] != "anp" or sparsity not in ("0.85", "0.9", "0.95"):
                 continue
-            anp = next(r for r in csv.DictReader(curve.open())
-                       if r["method"] == "anp" and r["target_sparsity"] == sparsity)
             row = {"sparsity %": f"{100 * float(sparsity):.0f}",
                    "re-training per round": f"{iters} x 8 tasks ([{stem}](results/{stem}.md))",
                    "anp vs dense": f"{float(anp['diff_vs_dense']):+.2f} +- {anp['diff_ci95']}"}
-            for r in csv.DictReader(versus.open()):
+            for r in versus_rows:
                 if r["baseline"] in BASELINES and r["sparsity"] == sparsity:
                     row[f"anp - {r['baseline']}"] = \
                         f"{float(r['anp_minus_baseline']):+.2f} +- {r['ci95']}"
             rows.append(row)
+    rows.sort(key=lambda r: int(r["sparsity %"]))  # stable: budgets stay in order
     if not rows:
         return ""
     return ("## Setting A: the order of the criteria depends on the re-training budget\n\n"
@@ -278,8 +281,9 @@ def main() -> None:
                   if "method" in (first := _first_row(p))}
     curves = sorted(setting_of, key=lambda p: (p.stem != f"sparsity_{setting_of[p]}", p.stem))
     # the settings' own runs first, then replicates and ablations (sparsity_<setting>_<what>)
-    parts += [budget_order_section(), budget_section([p for p in curves if p.stem == f"sparsity_{setting_of[p]}"
-                              or p.stem in BUDGET_VARIANTS]),
+    timed = [p for p in curves
+             if p.stem == f"sparsity_{setting_of[p]}" or p.stem in BUDGET_VARIANTS]
+    parts += [budget_order_section(), budget_section(timed),
               "## Results: accuracy vs sparsity\n"]
     for path in curves:
         rows = list(csv.DictReader(path.open()))
