@@ -15,6 +15,7 @@ from metaprune.pruning import (
     LOBS,
     allocate,
     get_criterion,
+    obs_compensation,
     weight_matrix,
 )
 
@@ -60,6 +61,51 @@ def test_anp_hessian_uses_adapted_weights_and_equals_lobs_without_inner_steps(h_
     s_l = LOBS(h_data=h_data).score(learner0, tasks, names)
     for n in names:
         assert torch.equal(s_a.scores[n], s_l.scores[n])
+
+
+def test_anp_adapted_obs_weights_score_and_compensate_from_adapted_weights() -> None:
+    """obs_weights='adapted': saliency E_tasks[w'^2] / [H^-1]_qq and compensation from the mean
+    adapted weights, computed here by hand; with no inner step it is the default ANP."""
+    tasks = image_tasks()
+    learner = conv_learner(steps=2)
+    names = prunable_weights(learner.model)
+    mods = dict(learner.model.named_modules())
+    crit = ANP(h_data="both", compensation="joint", obs_weights="adapted")
+    sc = crit.score(learner, tasks, names)
+    adapted = [learner.adapt(t.support_x, t.support_y).params for t in tasks]
+    for n in names:
+        ly = n[: -len(".weight")]
+        ws = [weight_matrix(mods[ly], a[n], a.get(f"{ly}.bias")).detach().double()
+              for a in adapted]
+        mean_w, mean_w2 = sum(ws) / len(ws), sum(w ** 2 for w in ws) / len(ws)
+        hinv = sc.hinv[n]
+        k = mods[ly].weight[0].numel()
+        expect = (mean_w2 / torch.diagonal(hinv))[:, :k].reshape(mods[ly].weight.shape)
+        assert torch.allclose(sc.scores[n], expect, rtol=1e-6, atol=0), n
+        assert torch.allclose(sc.start[n].double(), mean_w, rtol=1e-5, atol=1e-7), n
+        # the adapted weights differ from the meta-initialisation: the scores do too
+        assert not torch.allclose(sc.scores[n], ANP(h_data="both").score(
+            learner, tasks, [n]).scores[n], rtol=1e-3), n
+    masks = allocate(sc.scores, 0.5)
+    before = {n: weight_matrix(mods[n[:-7]]).detach().clone() for n in names}
+    crit.compensate(learner, sc, masks)
+    for n in names:
+        mod = mods[n[:-7]]
+        k = mod.weight[0].numel()
+        pruned = torch.zeros(mod.weight.shape[0], before[n].shape[1], dtype=torch.bool)
+        pruned[:, :k] = masks[n].reshape(mod.weight.shape[0], -1) == 0
+        delta = obs_compensation(sc.start[n], sc.hinv[n], pruned, "joint")
+        assert torch.allclose(weight_matrix(mod).detach(), before[n] + delta, atol=1e-6), n
+    # zero inner steps: adapted weights are the meta-initialisation, scores as the default
+    learner0 = conv_learner(steps=0)
+    a = ANP(obs_weights="adapted").score(learner0, tasks, names)
+    b = ANP().score(learner0, tasks, names)
+    for n in names:
+        assert torch.allclose(a.scores[n], b.scores[n], rtol=1e-12), n
+    with pytest.raises(ValueError, match="obs_weights"):
+        LOBS(obs_weights="adapted")
+    with pytest.raises(ValueError, match="obs_weights"):
+        ANP(obs_weights="fast")
 
 
 def test_anp_hessian_matches_manual_adapt_and_record() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,20 @@ def test_resume_between_rounds_and_within_retraining_after_kill(sampler, tmp_pat
     assert all(torch.equal(loaded.masks[n], ref_masks[n]) for n in ref_masks)
     with pytest.raises(ValueError, match="another configuration"):
         prune(make_learner(), sampler, out_dir=tmp_path / "a", **{**OPTS, "method": "lobs"})
+
+
+def test_run_saved_before_an_option_existed_resumes_at_its_default(sampler, tmp_path) -> None:
+    opts = {**OPTS, "schedule": "0.2", "sparsity": 0.2, "retrain_iters": 0}
+    first = prune(make_learner(), sampler, out_dir=tmp_path / "r", **opts)
+    state_path = tmp_path / "r" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["obs_weights"]  # as written by a version without the option
+    state_path.write_text(json.dumps(state))
+    again = prune(make_learner(), sampler, out_dir=tmp_path / "r", **opts)
+    assert [r.round for r in again] == [r.round for r in first] == [1]
+    with pytest.raises(ValueError, match="another configuration"):
+        prune(make_learner(), sampler, out_dir=tmp_path / "r",
+              **{**opts, "obs_weights": "adapted"})
 
 
 def test_cli_prune_prints_table_and_writes_rounds(tmp_path, capsys) -> None:

@@ -8,7 +8,13 @@ import sys
 import torch
 
 from ..masks import format_sparsity_table, sparsity_table
-from .criteria import CRITERIA, DEFAULT_H_DATA, DEFAULT_PATCH_STRIDE, H_DATA_CHOICES
+from .criteria import (
+    CRITERIA,
+    DEFAULT_H_DATA,
+    DEFAULT_PATCH_STRIDE,
+    H_DATA_CHOICES,
+    OBS_WEIGHTS_CHOICES,
+)
 from .pruner import PruneConfig, prune
 
 
@@ -42,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"(default {DEFAULT_PATCH_STRIDE}; 1 = all)")
     p.add_argument("--compensation", choices=["auto", "joint", "single", "none"],
                    default="auto", help="anp/lobs OBS weight update (default auto)")
+    p.add_argument("--obs-weights", choices=list(OBS_WEIGHTS_CHOICES), default="meta",
+                   help="anp: weights the saliency and compensation start from: the "
+                   "meta-initialisation (default) or the mean adapted weights of the scoring "
+                   "tasks")
     p.add_argument("--allocation", choices=["layerwise", "global"], default="layerwise")
     p.add_argument("--layer-ratio", action="append", default=[], metavar="PARAM=RATIO",
                    help="final sparsity of one layer, e.g. features.0.0.weight=0.5 (repeatable)")
@@ -128,8 +138,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         allocation=args.allocation, layer_ratios=_layer_ratios(args.layer_ratio),
         tasks=args.tasks, retrain_iters=args.retrain_iters, meta_batch=meta_batch,
         h_data=args.h_data, damping=args.damping, patch_stride=args.patch_stride,
-        compensation=args.compensation, include_first=not args.exclude_first,
-        include_last=not args.exclude_last, seed=args.seed,
+        compensation=args.compensation, obs_weights=args.obs_weights,
+        include_first=not args.exclude_first, include_last=not args.exclude_last, seed=args.seed,
         checkpoint_every=args.checkpoint_every)
     meta = {**ck.meta, "source_checkpoint": str(args.checkpoint)}
 

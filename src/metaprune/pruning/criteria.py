@@ -30,7 +30,7 @@ from .hessian import damped_inverse, record_hessians, weight_matrix
 
 __all__ = ["Scores", "Criterion", "ANP", "LOBS", "Magnitude", "Random", "TaylorMeta",
            "TaylorMetaFO", "CRITERIA", "get_criterion", "obs_saliency", "obs_compensation",
-           "H_DATA_CHOICES", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE"]
+           "H_DATA_CHOICES", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE", "OBS_WEIGHTS_CHOICES"]
 
 H_DATA_CHOICES = ("support", "query", "both")
 # measured on glyphs (benchmarks/results/anp_h_data.md): with the iterative schedule and
@@ -41,6 +41,10 @@ DEFAULT_H_DATA = "both"
 # Conv4-64 at 1.5x one meta-iteration (3.1x with every patch) for -0.30 +- 0.45 points
 # (benchmarks/results/anp_timing.md, anp_h_data.md)
 DEFAULT_PATCH_STRIDE = 5
+# which weights the OBS saliency and compensation start from: the meta-initialisation (the
+# method as we read it), or the mean over the scoring tasks of the ADAPTED weights (removing a
+# weight zeroes it after the masked inner loop, so the adapted value is what is lost)
+OBS_WEIGHTS_CHOICES = ("meta", "adapted")
 JOINT_MAX_DIM = 1024  # "auto" compensation: exact joint OBS up to this input dimension
 
 
@@ -52,12 +56,23 @@ class Scores:
     scores: dict[str, torch.Tensor]
     hinv: dict[str, torch.Tensor] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # OBS criteria with ``obs_weights="adapted"``: the ``[out, d]`` weight matrices (bias
+    # column included) that compensation starts from instead of the model's weights
+    start: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _module_of(model: nn.Module, param_name: str) -> nn.Module:
     if not param_name.endswith(".weight"):
         raise ValueError(f"'{param_name}' is not a layer weight")
     return dict(model.named_modules())[param_name[: -len(".weight")]]
+
+
+def _weight_matrix_of(module: nn.Module, params: dict[str, torch.Tensor], layer: str
+                      ) -> torch.Tensor:
+    """``[out, d]`` matrix of ``layer`` taken from ``params`` (e.g. adapted fast weights);
+    entries missing from ``params`` come from the module."""
+    bias = params.get(f"{layer}.bias", module.bias) if module.bias is not None else None
+    return weight_matrix(module, params.get(f"{layer}.weight", module.weight), bias).detach()
 
 
 class Criterion:
@@ -180,15 +195,18 @@ class _OBS(Criterion):
     bias-augmented layer inputs, recorded while the learner's network runs on the tasks' data
     (support, query or both; each set as its own batch, as the learner uses it), either at the
     ADAPTED weights (``adapted=True``) or at the meta-initialisation. Damping is relative to the
-    mean diagonal of H. Layers that never see an input (e.g. the unused head of ProtoNet) fall
-    back to H = I (magnitude) without compensation.
+    mean diagonal of H. ``obs_weights="adapted"`` (anp only) scores ``E_tasks[w'^2] /
+    [H^-1]_qq`` with the adapted weights ``w'`` and compensates from their task mean. Layers
+    that never see an input (e.g. the unused head of ProtoNet) fall back to H = I (magnitude)
+    without compensation.
     """
 
     adapted = True
     needs_tasks = True
 
     def __init__(self, h_data: str = DEFAULT_H_DATA, damping: float = 1e-4,
-                 patch_stride: int = DEFAULT_PATCH_STRIDE, compensation: str = "auto"):
+                 patch_stride: int = DEFAULT_PATCH_STRIDE, compensation: str = "auto",
+                 obs_weights: str = "meta"):
         if h_data not in H_DATA_CHOICES:
             raise ValueError(f"h_data must be one of {H_DATA_CHOICES}, got '{h_data}'")
         if damping < 0:
@@ -198,25 +216,46 @@ class _OBS(Criterion):
         if compensation not in ("auto", "joint", "single", "none"):
             raise ValueError(f"compensation must be auto, joint, single or none, "
                              f"got '{compensation}'")
+        if obs_weights not in OBS_WEIGHTS_CHOICES:
+            raise ValueError(f"obs_weights must be one of {OBS_WEIGHTS_CHOICES}, "
+                             f"got '{obs_weights}'")
+        if obs_weights == "adapted" and not self.adapted:
+            raise ValueError(f"{self.name} scores the un-adapted network: obs_weights='adapted' "
+                             "is for anp")
         self.h_data = h_data
+        self.obs_weights = obs_weights
         self.damping = float(damping)
         self.patch_stride = int(patch_stride)
         self.compensation = compensation
 
     def options(self):
-        return {"h_data": self.h_data, "damping": self.damping,
+        opts = {"h_data": self.h_data, "damping": self.damping,
                 "patch_stride": self.patch_stride, "compensation": self.compensation}
+        if self.obs_weights != "meta":
+            opts["obs_weights"] = self.obs_weights
+        return opts
 
-    def hessians(self, learner: Learner, tasks: Sequence[Task], names: Sequence[str]
+    def hessians(self, learner: Learner, tasks: Sequence[Task], names: Sequence[str],
+                 adapted_moments: dict[str, list[torch.Tensor]] | None = None
                  ) -> dict[str, torch.Tensor]:
         """Undamped ``H`` (float64) of each layer whose weight is in ``names`` (param names);
-        layers that saw no input are missing from the result."""
+        layers that saw no input are missing from the result. With ``adapted_moments`` (an
+        empty dict), also fills it with ``[mean w', mean w'^2]`` over the tasks of each layer's
+        ``[out, d]`` adapted weight matrix (bias column included)."""
         if not tasks:
             raise ValueError(f"{self.name} needs at least one task")
         layers = [n[: -len(".weight")] for n in names]
+        modules = dict(learner.model.named_modules())
         with record_hessians(learner.model, layers, self.patch_stride) as (accs, switch):
             for t in tasks:
                 adapted = self._adapt(learner, t)
+                if adapted_moments is not None:
+                    for ly in layers:
+                        w = _weight_matrix_of(modules[ly], adapted.params, ly).double()
+                        m = adapted_moments.setdefault(f"{ly}.weight",
+                                                       [torch.zeros_like(w), torch.zeros_like(w)])
+                        m[0] += w / len(tasks)
+                        m[1] += w ** 2 / len(tasks)
                 with torch.no_grad():
                     switch["on"] = True
                     try:
@@ -238,9 +277,11 @@ class _OBS(Criterion):
         return a
 
     def score(self, learner, tasks, names, seed=0):
-        H = self.hessians(learner, tasks, names)
+        moments: dict[str, list[torch.Tensor]] | None = (
+            {} if self.obs_weights == "adapted" else None)
+        H = self.hessians(learner, tasks, names, moments)
         model = learner.model
-        scores, hinv, missing = {}, {}, []
+        scores, hinv, start, missing = {}, {}, {}, []
         for n in names:
             mod = _module_of(model, n)
             w = weight_matrix(mod).detach()
@@ -250,12 +291,16 @@ class _OBS(Criterion):
                 continue
             hi = damped_inverse(H[n], self.damping)
             hinv[n] = hi
-            s = obs_saliency(w.double(), hi)[:, : mod.weight[0].numel()]
-            scores[n] = s.reshape(mod.weight.shape)
+            if moments is None:
+                s = obs_saliency(w.double(), hi)
+            else:  # E[w'^2] / [H^-1]_qq, and compensation from E[w']
+                s = moments[n][1] / torch.diagonal(hi)
+                start[n] = moments[n][0].to(w.dtype)
+            scores[n] = s[:, : mod.weight[0].numel()].reshape(mod.weight.shape)
         if missing:
             warnings.warn(f"{self.name}: layers {missing} received no input while running the "
                           "learner on the tasks; they are scored by magnitude", stacklevel=2)
-        return Scores(scores, hinv, {"no_input_layers": missing})
+        return Scores(scores, hinv, {"no_input_layers": missing}, start)
 
     def compensate(self, learner, scores, masks):
         if self.compensation == "none":
@@ -276,7 +321,7 @@ class _OBS(Criterion):
             pruned[:, :k] = masks[n].reshape(mod.weight.shape[0], -1) == 0
             if not bool(pruned.any()):
                 continue
-            w = weight_matrix(mod).detach()
+            w = scores.start.get(n, weight_matrix(mod).detach())
             delta = obs_compensation(w, hi, pruned, mode)
             with torch.no_grad():
                 mod.weight.add_(delta[:, :k].reshape(mod.weight.shape))

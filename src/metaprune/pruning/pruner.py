@@ -55,6 +55,7 @@ class PruneConfig:
     damping: float = 1e-4                            # relative to mean diag(H)
     patch_stride: int = DEFAULT_PATCH_STRIDE         # anp/lobs: every n-th conv patch
     compensation: str = "auto"                       # auto|joint|single|none (OBS criteria)
+    obs_weights: str = "meta"                        # anp: meta|adapted (OBS start weights)
     include_first: bool = True
     include_last: bool = True
     seed: int = 0
@@ -67,7 +68,7 @@ class PruneConfig:
         opts: dict = {}
         if self.method in ("anp", "lobs"):
             opts = {"damping": self.damping, "patch_stride": self.patch_stride,
-                    "compensation": self.compensation}
+                    "compensation": self.compensation, "obs_weights": self.obs_weights}
             if self.h_data is not None:
                 opts["h_data"] = self.h_data
         elif self.method == "random":
@@ -206,7 +207,12 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         state_path = out / "state.json"
         if state_path.exists():
             state = json.loads(state_path.read_text())
-            if state.get("config") != cfg_doc:
+            # a run saved before an option existed holds that option at its default
+            defaults = json.loads(json.dumps(asdict(PruneConfig())))
+            saved = state.get("config")
+            if isinstance(saved, dict):
+                saved = {**defaults, **saved}
+            if saved != cfg_doc:
                 raise ValueError(f"'{out}' holds a pruning run with another configuration "
                                  f"({state.get('config')}); use another --out or the same "
                                  "options")
