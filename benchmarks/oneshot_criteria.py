@@ -73,6 +73,7 @@ def main() -> None:
 
     dense = cached("dense", lambda: load_checkpoint(run / "dense").learner)
     rows = [_row("dense", 0.0, dense, None)]
+    plain: dict[tuple[str, float], EvalResult] = {}  # each method without options
     for variant in args.variants.split(";"):
         method, opts = parse_variant(variant)
         for s in map(float, args.sparsity.split(",")):
@@ -85,7 +86,13 @@ def main() -> None:
                 return lrn
 
             res = cached(key, make)
+            if not opts:
+                plain[(method, s)] = res
             rows.append(_row(variant, s, res, paired_difference(res, dense)))
+            if opts and (method, s) in plain:
+                d = paired_difference(res, plain[(method, s)])
+                rows[-1].update(diff_vs_method=round(100 * d.mean, 2),
+                                diff_vs_method_ci95=round(100 * d.ci95, 2))
             print(json.dumps(rows[-1]), flush=True)
         _write(args, cfg, rows, tasks)
 
@@ -102,7 +109,9 @@ def _write(args, cfg, rows: list[dict], tasks: TaskList) -> None:
              f"{d['n_way']}-way {d['k_shot']}-shot ({d['train_split']} -> {d['test_split']}); "
              f"learner {cfg['learner']['name']}, model {cfg['model']}. Layer-wise allocation "
              "(same ratio in every prunable layer). `diff_vs_dense`: paired per-task "
-             "difference (points) with its 95% CI.")
+             "difference (points) with its 95% CI; `diff_vs_method`: the same, against the "
+             "method with its default options at the same sparsity (variants with options "
+             "only).")
     write_results(Path(args.results_dir) / args.name,
                   f"One-shot criterion quality: {args.name}", notes, rows)
 
