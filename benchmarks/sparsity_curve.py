@@ -93,6 +93,8 @@ def main() -> None:
                     help="anp/lobs conv patch stride (default: the library's)")
     ap.add_argument("--report-at", help="comma-separated sparsities to evaluate (default: the "
                     "setting's); the schedule stops at the largest")
+    ap.add_argument("--schedule", help="comma-separated per-round increments (default: 8 x 0.1 "
+                    "then 3 x 0.05); --report-at must name cumulative targets it reaches")
     ap.add_argument("--pruning", action="append", default=[],
                     help="extra prune() option for every method, e.g. damping=0.01")
     ap.add_argument("--name", help="results file stem (default: sparsity_<setting>)")
@@ -106,8 +108,13 @@ def main() -> None:
     report_at = ([float(x) for x in args.report_at.split(",")] if args.report_at
                  else setting.get("report_at", REPORT_AT))
     extra = args.extra = dict(parse_key_value(kv, "--pruning") for kv in args.pruning)
-    schedule = SCHEDULE[: 1 + max(i for i, t in enumerate(_cumulative(SCHEDULE))
-                                  if t <= max(report_at) + 1e-9)]
+    full = [float(x) for x in args.schedule.split(",")] if args.schedule else SCHEDULE
+    missing = [t for t in report_at if all(abs(t - c) > 1e-6 for c in _cumulative(full))]
+    if missing:
+        raise SystemExit(f"--report-at {missing}: not reached by the schedule {full} "
+                         f"(cumulative {_cumulative(full)})")
+    schedule = full[: 1 + max(i for i, t in enumerate(_cumulative(full))
+                              if t <= max(report_at) + 1e-9)]
     run = Path(args.run_dir or f"runs/sparsity_{args.setting}")
     cfg = load_config(None, setting["set"] + [f"train.iterations={iterations}",
                                               f"eval.tasks={args.tasks}"] + args.set)
@@ -239,7 +246,8 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"$METAPRUNE_DATA (shared/data; mini-ImageNet is the REDUCED 100-images-per-class "
              f"copy, not comparable with published numbers). Model {cfg['model']}, learner "
              f"{cfg['learner']}. Dense: {iterations} iterations x {args.dense_meta_batch} "
-             f"tasks. Pruning: schedule {schedule} (cumulative), {retrain} masked "
+             f"tasks. Pruning: per-round increments {schedule} (cumulative "
+             f"{_cumulative(schedule)}), {retrain} masked "
              f"re-meta-training iterations per round, 20 scoring tasks per round"
              f"{'; pruning options ' + str(args.extra) if args.extra else ''}. "
              f"meta-batch {cfg['train']['meta_batch']}, {rows[0]['tasks']} fixed test tasks, "

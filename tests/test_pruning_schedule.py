@@ -256,3 +256,12 @@ def test_cli_prune_prints_table_and_writes_rounds(tmp_path, capsys) -> None:
     rc = main(["prune", str(tmp_path / "dense"), "--sparsity", "1.5", "--out",
                str(tmp_path / "y")])
     assert rc == 2 and "sparsity" in capsys.readouterr().err
+    rc = main(["prune", str(tmp_path / "dense"), "--method", "lobs", "--obs-weights",
+               "adapted", "--out", str(tmp_path / "z"), "--no-progress"])
+    assert rc == 2 and "obs_weights" in capsys.readouterr().err
+    rc = main(["prune", str(tmp_path / "dense"), "--method", "anp", "--obs-weights", "adapted",
+               "--sparsity", "0.5", "--schedule", "one-shot", "--retrain-iters", "0",
+               "--tasks", "2", "--out", str(tmp_path / "w"), "--no-progress"])
+    assert rc == 0
+    state = json.loads((tmp_path / "w" / "state.json").read_text())
+    assert state["config"]["obs_weights"] == "adapted"
