@@ -9,8 +9,8 @@ is what the iterative curves of ``sparsity_curve.py`` mix together.
         --run-dir runs/sparsity_A --name oneshot_A
 
 Variants are ``method[:option=value,...]`` with the PruneConfig options of anp/lobs
-(damping, h_data, compensation, patch_stride, obs_weights). Results are cached per variant
-in RUN/oneshot/ so a killed run resumes.
+(damping, h_data, compensation, patch_stride, obs_weights, bn_aware). Results are cached per
+variant in RUN/oneshot/ so a killed run resumes.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
     method, _, opts = text.partition(":")
     out = dict(parse_key_value(kv, f"variant '{text}' option")
                for kv in filter(None, opts.split(",")))
-    unknown = set(out) - {"damping", "patch_stride", "h_data", "compensation", "obs_weights"}
+    unknown = set(out) - {"damping", "patch_stride", "h_data", "compensation", "obs_weights",
+                          "bn_aware"}
     if unknown:
         raise ValueError(f"variant '{text}': unknown option(s) {sorted(unknown)}")
     return method, out

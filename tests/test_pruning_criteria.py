@@ -14,6 +14,7 @@ from metaprune.pruning import (
     ANP,
     LOBS,
     allocate,
+    batchnorm_after,
     get_criterion,
     obs_compensation,
     weight_matrix,
@@ -106,6 +107,37 @@ def test_anp_adapted_obs_weights_score_and_compensate_from_adapted_weights() -> 
         LOBS(obs_weights="adapted")
     with pytest.raises(ValueError, match="obs_weights"):
         ANP(obs_weights="fast")
+
+
+def test_bn_aware_saliency_is_invariant_to_a_channel_scale_that_batchnorm_removes() -> None:
+    """Scaling one conv output channel by c leaves the network's function unchanged (its
+    BatchNorm uses batch statistics); bn_aware saliencies do not move, plain ones scale by c^2."""
+    tasks = image_tasks()
+    learner = conv_learner(steps=1)
+    names = prunable_weights(learner.model)
+    assert set(batchnorm_after(learner.model)) == {n[: -len(".weight")] for n in names[:-1]}
+    resnet = build_model("resnet12", n_way=3, in_channels=1, widths=[4, 4, 4, 4])
+    convs = [n for n, m in resnet.named_modules() if isinstance(m, nn.Conv2d)]
+    assert sorted(batchnorm_after(resnet)) == sorted(convs)   # every conv, shortcuts included
+    layer, chan, c = "features.1.0", 2, 7.0
+    plain0 = LOBS().score(learner, tasks, names).scores
+    aware0 = LOBS(bn_aware=True).score(learner, tasks, names).scores
+    x = tasks[0].query_x
+    with torch.no_grad():
+        out0 = learner.model(x)
+        conv = dict(learner.model.named_modules())[layer]
+        conv.weight[chan] *= c
+        conv.bias[chan] *= c
+        assert torch.allclose(learner.model(x), out0, atol=1e-4)  # same function
+    plain1 = LOBS().score(learner, tasks, names).scores
+    aware1 = LOBS(bn_aware=True).score(learner, tasks, names).scores
+    n = f"{layer}.weight"
+    assert torch.allclose(plain1[n][chan], c ** 2 * plain0[n][chan], rtol=1e-6)
+    assert torch.allclose(aware1[n][chan], aware0[n][chan], rtol=1e-3)
+    for other in names:
+        assert torch.allclose(aware1[other], aware0[other], rtol=1e-3), other
+    # the head has no BatchNorm after it: the same scores either way
+    assert torch.equal(aware0["head.weight"], plain0["head.weight"])
 
 
 def test_anp_hessian_matches_manual_adapt_and_record() -> None:

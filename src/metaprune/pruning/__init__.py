@@ -39,6 +39,7 @@ from .criteria import (
 )
 from .hessian import (
     HessianAccumulator,
+    batchnorm_after,
     damped_inverse,
     layer_input_rows,
     record_hessians,
@@ -51,7 +52,8 @@ __all__ = [
     "ANP", "LOBS", "CRITERIA", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE", "DEFAULT_SCHEDULE",
     "H_DATA_CHOICES",
     "Criterion", "HessianAccumulator", "Magnitude", "PruneConfig", "Random", "RoundResult",
-    "Scores", "TaylorMeta", "TaylorMetaFO", "allocate", "cumulative_targets", "damped_inverse",
+    "Scores", "TaylorMeta", "TaylorMetaFO", "allocate", "batchnorm_after", "cumulative_targets",
+    "damped_inverse",
     "exact_count", "get_criterion", "layer_input_rows", "obs_compensation", "obs_saliency",
     "parse_schedule", "prune", "prune_step", "record_hessians", "relative_damping",
     "restore_checkpoint", "select_global", "select_layerwise", "weight_matrix",

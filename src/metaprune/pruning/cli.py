@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="anp: weights the saliency and compensation start from: the "
                    "meta-initialisation (default) or the mean adapted weights of the scoring "
                    "tasks")
+    p.add_argument("--bn-aware", action="store_true",
+                   help="anp/lobs: rate a conv weight by its error after the BatchNorm that "
+                   "follows the conv (saliency x gamma^2 / channel output variance)")
     p.add_argument("--allocation", choices=["layerwise", "global"], default="layerwise")
     p.add_argument("--layer-ratio", action="append", default=[], metavar="PARAM=RATIO",
                    help="final sparsity of one layer, e.g. features.0.0.weight=0.5 (repeatable)")
@@ -138,7 +141,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         allocation=args.allocation, layer_ratios=_layer_ratios(args.layer_ratio),
         tasks=args.tasks, retrain_iters=args.retrain_iters, meta_batch=meta_batch,
         h_data=args.h_data, damping=args.damping, patch_stride=args.patch_stride,
-        compensation=args.compensation, obs_weights=args.obs_weights,
+        compensation=args.compensation, obs_weights=args.obs_weights, bn_aware=args.bn_aware,
         include_first=not args.exclude_first, include_last=not args.exclude_last, seed=args.seed,
         checkpoint_every=args.checkpoint_every)
     meta = {**ck.meta, "source_checkpoint": str(args.checkpoint)}

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.tasks import Task
 from ..learners import Adapted, Learner
 from ..masks import Masks
-from .hessian import damped_inverse, record_hessians, weight_matrix
+from .hessian import batchnorm_after, damped_inverse, record_hessians, weight_matrix
 
 __all__ = ["Scores", "Criterion", "ANP", "LOBS", "Magnitude", "Random", "TaylorMeta",
            "TaylorMetaFO", "CRITERIA", "get_criterion", "obs_saliency", "obs_compensation",
@@ -196,9 +196,13 @@ class _OBS(Criterion):
     (support, query or both; each set as its own batch, as the learner uses it), either at the
     ADAPTED weights (``adapted=True``) or at the meta-initialisation. Damping is relative to the
     mean diagonal of H. ``obs_weights="adapted"`` (anp only) scores ``E_tasks[w'^2] /
-    [H^-1]_qq`` with the adapted weights ``w'`` and compensates from their task mean. Layers
-    that never see an input (e.g. the unused head of ProtoNet) fall back to H = I (magnitude)
-    without compensation.
+    [H^-1]_qq`` with the adapted weights ``w'`` and compensates from their task mean.
+    ``bn_aware=True`` divides the saliency of each output channel of a conv that feeds a
+    BatchNorm by that channel's output variance (from H and the mean input) and multiplies it by
+    the BatchNorm's gamma^2: the squared error AFTER normalisation, which is what the next layer
+    sees (plain OBS ranks channels with a small pre-BN variance as cheap although BatchNorm
+    scales them back up). Layers that never see an input (e.g. the unused head of ProtoNet)
+    fall back to H = I (magnitude) without compensation.
     """
 
     adapted = True
@@ -206,7 +210,7 @@ class _OBS(Criterion):
 
     def __init__(self, h_data: str = DEFAULT_H_DATA, damping: float = 1e-4,
                  patch_stride: int = DEFAULT_PATCH_STRIDE, compensation: str = "auto",
-                 obs_weights: str = "meta"):
+                 obs_weights: str = "meta", bn_aware: bool = False):
         if h_data not in H_DATA_CHOICES:
             raise ValueError(f"h_data must be one of {H_DATA_CHOICES}, got '{h_data}'")
         if damping < 0:
@@ -224,6 +228,7 @@ class _OBS(Criterion):
                              "is for anp")
         self.h_data = h_data
         self.obs_weights = obs_weights
+        self.bn_aware = bool(bn_aware)
         self.damping = float(damping)
         self.patch_stride = int(patch_stride)
         self.compensation = compensation
@@ -233,15 +238,19 @@ class _OBS(Criterion):
                 "patch_stride": self.patch_stride, "compensation": self.compensation}
         if self.obs_weights != "meta":
             opts["obs_weights"] = self.obs_weights
+        if self.bn_aware:
+            opts["bn_aware"] = True
         return opts
 
     def hessians(self, learner: Learner, tasks: Sequence[Task], names: Sequence[str],
-                 adapted_moments: dict[str, list[torch.Tensor]] | None = None
+                 adapted_moments: dict[str, list[torch.Tensor]] | None = None,
+                 input_means: dict[str, torch.Tensor] | None = None
                  ) -> dict[str, torch.Tensor]:
         """Undamped ``H`` (float64) of each layer whose weight is in ``names`` (param names);
         layers that saw no input are missing from the result. With ``adapted_moments`` (an
         empty dict), also fills it with ``[mean w', mean w'^2]`` over the tasks of each layer's
-        ``[out, d]`` adapted weight matrix (bias column included)."""
+        ``[out, d]`` adapted weight matrix (bias column included); with ``input_means``, with
+        the mean input row of each layer (the vector whose outer products make H)."""
         if not tasks:
             raise ValueError(f"{self.name} needs at least one task")
         layers = [n[: -len(".weight")] for n in names]
@@ -265,6 +274,9 @@ class _OBS(Criterion):
                             learner.predict(adapted, t.query_x)
                     finally:
                         switch["on"] = False
+        if input_means is not None:
+            input_means.update({f"{ly}.weight": a.mean_input() for ly, a in accs.items()
+                                if a.count > 0})
         return {f"{ly}.weight": a.hessian() for ly, a in accs.items() if a.count > 0}
 
     def _adapt(self, learner: Learner, task: Task) -> Adapted:
@@ -279,8 +291,10 @@ class _OBS(Criterion):
     def score(self, learner, tasks, names, seed=0):
         moments: dict[str, list[torch.Tensor]] | None = (
             {} if self.obs_weights == "adapted" else None)
-        H = self.hessians(learner, tasks, names, moments)
+        means: dict[str, torch.Tensor] = {}
+        H = self.hessians(learner, tasks, names, moments, means)
         model = learner.model
+        bns = batchnorm_after(model) if self.bn_aware else {}
         scores, hinv, start, missing = {}, {}, {}, []
         for n in names:
             mod = _module_of(model, n)
@@ -296,6 +310,9 @@ class _OBS(Criterion):
             else:  # E[w'^2] / [H^-1]_qq, and compensation from E[w']
                 s = moments[n][1] / torch.diagonal(hi)
                 start[n] = moments[n][0].to(w.dtype)
+            bn = bns.get(n[: -len(".weight")])
+            if bn is not None:
+                s = s * _bn_gain(bn, w.double(), H[n], means[n])[:, None]
             scores[n] = s[:, : mod.weight[0].numel()].reshape(mod.weight.shape)
         if missing:
             warnings.warn(f"{self.name}: layers {missing} received no input while running the "
@@ -329,6 +346,20 @@ class _OBS(Criterion):
                     mod.bias.add_(delta[:, k])
             stats[n] = float(delta.norm() / w.norm().clamp_min(1e-30))
         return stats
+
+
+def _bn_gain(bn: nn.Module, w: torch.Tensor, H: torch.Tensor, mean: torch.Tensor
+             ) -> torch.Tensor:
+    """``gamma^2 / (var + eps)`` per output channel of a layer ``w`` (``[out, d]``) whose
+    output ``w x`` is normalised by ``bn``: the variance is ``w H w^T - (w mean)^2`` over the
+    recorded inputs (per-batch statistics, as BatchNorm uses in training and in MAML), or the
+    running variance when ``bn`` normalises with running statistics."""
+    if not bn.training and bn.running_var is not None:
+        var = bn.running_var.detach().double()
+    else:
+        var = ((w @ H) * w).sum(1) - (w @ mean) ** 2
+    gamma2 = bn.weight.detach().double() ** 2 if bn.weight is not None else torch.ones_like(var)
+    return gamma2 / (var.clamp_min(0) + bn.eps)
 
 
 class ANP(_OBS):

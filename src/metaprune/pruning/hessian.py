@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["layer_input_rows", "weight_matrix", "HessianAccumulator", "record_hessians",
-           "damped_inverse", "relative_damping"]
+           "damped_inverse", "relative_damping", "batchnorm_after"]
 
 
 def layer_input_rows(module: nn.Module, x: torch.Tensor, patch_stride: int = 1,
@@ -80,7 +80,8 @@ def weight_matrix(module: nn.Module, weight: torch.Tensor | None = None,
 
 
 class HessianAccumulator:
-    """Running ``sum x x^T`` and count for one layer; ``hessian()`` gives the mean."""
+    """Running ``sum x x^T``, ``sum x`` and count for one layer; ``hessian()`` gives the mean
+    of ``x x^T``, ``mean_input()`` the mean of ``x``."""
 
     def __init__(self, module: nn.Module, patch_stride: int = 1,
                  dtype: torch.dtype = torch.float64):
@@ -88,6 +89,7 @@ class HessianAccumulator:
         self.patch_stride = patch_stride
         self.dtype = dtype
         self.sum: torch.Tensor | None = None
+        self.sum_rows: torch.Tensor | None = None
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
@@ -95,13 +97,38 @@ class HessianAccumulator:
         if rows.dtype not in (torch.float32, torch.float64):
             rows = rows.float()
         outer = (rows.T @ rows).to(self.dtype)   # one matmul per batch
+        first = rows.sum(0).to(self.dtype)
         self.sum = outer if self.sum is None else self.sum + outer
+        self.sum_rows = first if self.sum_rows is None else self.sum_rows + first
         self.count += rows.shape[0]
 
     def hessian(self) -> torch.Tensor:
         if self.sum is None or self.count == 0:
             raise ValueError("no inputs were recorded for this layer")
         return self.sum / self.count
+
+    def mean_input(self) -> torch.Tensor:
+        if self.sum_rows is None or self.count == 0:
+            raise ValueError("no inputs were recorded for this layer")
+        return self.sum_rows / self.count
+
+
+def batchnorm_after(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm that normalises each Conv2d's output: the first BatchNorm registered after
+    the conv (before any other Conv2d or Linear) with as many features as the conv has output
+    channels (Conv4 blocks, ResNet-12 conv/bn pairs and shortcuts)."""
+    out: dict[str, nn.modules.batchnorm._BatchNorm] = {}
+    pending: tuple[str, nn.Conv2d] | None = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            pending = (name, mod)
+        elif isinstance(mod, nn.Linear):
+            pending = None
+        elif isinstance(mod, nn.modules.batchnorm._BatchNorm) and pending is not None:
+            if mod.num_features == pending[1].out_channels:
+                out[pending[0]] = mod
+            pending = None
+    return out
 
 
 @contextmanager

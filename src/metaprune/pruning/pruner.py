@@ -56,6 +56,7 @@ class PruneConfig:
     patch_stride: int = DEFAULT_PATCH_STRIDE         # anp/lobs: every n-th conv patch
     compensation: str = "auto"                       # auto|joint|single|none (OBS criteria)
     obs_weights: str = "meta"                        # anp: meta|adapted (OBS start weights)
+    bn_aware: bool = False                           # anp/lobs: saliency after BatchNorm
     include_first: bool = True
     include_last: bool = True
     seed: int = 0
@@ -68,7 +69,8 @@ class PruneConfig:
         opts: dict = {}
         if self.method in ("anp", "lobs"):
             opts = {"damping": self.damping, "patch_stride": self.patch_stride,
-                    "compensation": self.compensation, "obs_weights": self.obs_weights}
+                    "compensation": self.compensation, "obs_weights": self.obs_weights,
+                    "bn_aware": self.bn_aware}
             if self.h_data is not None:
                 opts["h_data"] = self.h_data
         elif self.method == "random":
