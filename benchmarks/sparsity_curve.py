@@ -31,6 +31,9 @@ from metaprune.training import last_iteration, meta_train
 ALL_METHODS = ["anp", "lobs", "magnitude", "random", "taylor-meta", "taylor-meta-fo"]
 # optional (--methods ...,anp-structured): whole Conv4 channels removed, see _structured
 STRUCTURED = "anp-structured"
+# channel criterion of each structured method: anp (group OBS), and two channel baselines
+STRUCTURED_METHODS = {STRUCTURED: "anp", "l1-structured": "l1",
+                      "random-structured": "random"}
 # cumulative sparsity after each round: 10%, ..., 80%, 85%, 90%, 95%
 SCHEDULE = [0.1] * 8 + [0.05, 0.05, 0.05]
 REPORT_AT = [0.5, 0.7, 0.85, 0.9, 0.95]
@@ -86,7 +89,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, help="dense meta-training iterations")
     ap.add_argument("--retrain-iters", type=int, help="re-meta-training iterations per round")
     ap.add_argument("--methods", help="comma-separated subset of the setting's methods; "
-                    f"'{STRUCTURED}' (Conv4 only) may be added to any setting")
+                    f"{', '.join(STRUCTURED_METHODS)} (Conv4 only) may be added to any "
+                    "setting")
     ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
     ap.add_argument("--patch-stride", type=int, default=None,
@@ -150,10 +154,10 @@ def main() -> None:
     # 2-3. each method: prune (resumable), evaluate the reported rounds
     targets = _cumulative(schedule)
     for method in methods:
-        if method == STRUCTURED:
+        if method in STRUCTURED_METHODS:
             t0 = time.perf_counter()
             rows += _structured(args, cfg, run, dense_ck, sampler, schedule, retrain, report_at,
-                                dense, cached_eval)
+                                dense, cached_eval, method)
             timings[method] = time.perf_counter() - t0
             _write(args, setting, cfg, rows, iterations, retrain, schedule)
             continue
@@ -181,11 +185,11 @@ def main() -> None:
 
 
 def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain, report_at,
-                dense: EvalResult, cached_eval) -> list[dict]:
-    """Structured ANP at each reported sparsity, from the dense model: keep sqrt(1 - target)
-    of the channels (about 1 - target of the conv weights remain), in min(r, 3) rounds with
-    the SAME total re-meta-training budget as the unstructured run (r rounds x retrain) that
-    reaches the target. Cached as RUN/anp-structured/sNN (+ eval_sNN.json)."""
+                dense: EvalResult, cached_eval, method: str = STRUCTURED) -> list[dict]:
+    """Structured ``method`` at each reported sparsity, from the dense model: keep
+    sqrt(1 - target) of the channels (about 1 - target of the conv weights remain), in
+    min(r, 3) rounds with the SAME total re-meta-training budget as the unstructured run
+    (r rounds x retrain) that reaches the target. Cached as RUN/<method>/sNN (+ eval_sNN.json)."""
     from metaprune.checkpoint import save_checkpoint
     from metaprune.pruning.cli import structured_keep
     from metaprune.pruning.structured import structured_anp
@@ -200,7 +204,7 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
         r = 1 + next(i for i, t in enumerate(targets) if abs(t - target) < 1e-6)
         rounds = min(r, 3)
         iters = r * retrain // rounds
-        path = run / STRUCTURED / f"s{round(100 * target):02d}"
+        path = run / method / f"s{round(100 * target):02d}"
         dense_learner = load_checkpoint(dense_ck, device=args.device).learner
         n_dense = prunable(dense_learner.model)
         t0 = time.perf_counter()
@@ -208,17 +212,18 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
             lrn, plans = structured_anp(
                 dense_learner, sampler, keep=structured_keep(target), rounds=rounds,
                 retrain_iters=iters, meta_batch=cfg["train"]["meta_batch"], tasks=20,
-                device=args.device, progress=not args.no_progress)
+                device=args.device, progress=not args.no_progress,
+                channel_criterion=STRUCTURED_METHODS[method])
             save_checkpoint(path, lrn, {"config": cfg, "data": cfg["data"], "structured": {
-                "target": target, "rounds": rounds, "retrain_iters": iters,
+                "method": method, "target": target, "rounds": rounds, "retrain_iters": iters,
                 "widths": [p.widths for p in plans], "seconds": time.perf_counter() - t0}},
                 with_optimizer=False)
         ck = load_checkpoint(path, device=args.device, with_optimizer=False)
         seconds = ck.meta["structured"]["seconds"]
         res = cached_eval(ck.learner, path.with_name(f"eval_{path.name}.json"),
-                          f"evaluate {STRUCTURED} {target:.0%}")
+                          f"evaluate {method} {target:.0%}")
         sparsity = 1 - prunable(ck.learner.model) / n_dense
-        rows.append(_row(args.setting, STRUCTURED, target, sparsity, res,
+        rows.append(_row(args.setting, method, target, sparsity, res,
                          paired_difference(res, dense), seconds, 0.0))
     return rows
 

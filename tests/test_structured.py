@@ -67,6 +67,27 @@ def test_slim_model_equals_masked_model() -> None:
         assert bool((w[gone] == 0).all())
 
 
+def test_l1_and_random_channel_baselines() -> None:
+    """l1 keeps the filters with the largest L1 norm and leaves the consumers uncompensated;
+    random is reproducible given its seed; an unknown criterion is refused."""
+    lr = learner()
+    before = {n: p.detach().clone() for n, p in lr.model.named_parameters()}
+    plan, masks = plan_step(lr, tasks(), [12, 10, 8, 6], channel_criterion="l1")
+    for i, kept in enumerate(plan.keep):
+        norms = before[f"features.{i}.0.weight"].abs().flatten(1).sum(1)
+        expect = sorted(torch.argsort(norms, descending=True)[: plan.widths[i]].tolist())
+        assert kept == expect
+    params = dict(lr.model.named_parameters())
+    for n in ("features.1.0.weight", "head.weight"):   # consumers: masked, not compensated
+        assert torch.equal(params[n], before[n] * masks[n])
+    a = plan_step(learner(), tasks(), [8, 8, 8, 8], channel_criterion="random", seed=3)[0]
+    b = plan_step(learner(), tasks(), [8, 8, 8, 8], channel_criterion="random", seed=3)[0]
+    c = plan_step(learner(), tasks(), [8, 8, 8, 8], channel_criterion="random", seed=4)[0]
+    assert a.keep == b.keep and a.keep != c.keep
+    with pytest.raises(ValueError, match="channel criterion"):
+        plan_step(learner(), tasks(), [8, 8, 8, 8], channel_criterion="taylor")
+
+
 def test_group_obs_matches_least_squares() -> None:
     """Removing a group with OBS compensation = refitting the other weights by least squares
     on the layer inputs (H = mean x x^T, no damping needed with enough samples)."""

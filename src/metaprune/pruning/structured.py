@@ -16,6 +16,10 @@ The removed channel's own filter, bias and BatchNorm entries then no longer matt
 columns are 0) and are deleted with it: :func:`slim_model` builds a ``conv4-slim`` with the
 surviving channels whose outputs equal the masked full-width model's (tested).
 
+Baselines with the same rounds, physical removal and re-meta-training (``channel_criterion``):
+``l1`` removes the channels whose filters have the smallest L1 norm (filter-norm pruning),
+``random`` removes random channels; neither compensates the consumer.
+
 Between rounds the slim network is re-meta-trained as is (mathematically the masked
 re-meta-training of the full-width network: removed channels contribute nothing), at a fraction
 of its cost. Meta-SGD (per-weight learning rates) is not supported here.
@@ -111,31 +115,57 @@ def group_obs(W: torch.Tensor, hinv: torch.Tensor, groups: Sequence[torch.Tensor
     return removed, W, costs
 
 
+CHANNEL_CRITERIA = ("anp", "l1", "random")
+
+
+def _cheapest_channels(model: nn.Module, i: int, n_remove: int, criterion: str,
+                       generator: torch.Generator) -> tuple[list[int], list[float]]:
+    """``l1`` / ``random`` channel choice for block ``i``: ids removed, with their scores."""
+    filters = model.features[i][0].weight.detach()
+    if criterion == "l1":
+        score = filters.abs().reshape(filters.shape[0], -1).sum(1).double()
+    else:
+        score = torch.rand(filters.shape[0], generator=generator, dtype=torch.float64)
+    order = torch.argsort(score, stable=True)[:n_remove].tolist()
+    return order, [float(score[g]) for g in order]
+
+
 def plan_step(learner: Learner, tasks: Sequence, widths: Sequence[int],
               damping: float = 1e-4, h_data: str = DEFAULT_H_DATA, patch_stride: int = 1,
-              compensate: bool = True) -> tuple[ChannelPlan, Masks]:
-    """One structured ANP step in place on ``learner``: score channels, pick ``widths[i]``
-    survivors per block, compensate the consumers (OBS) and set the equivalent masks (removed
-    filters and their consumer columns = 0). Returns the plan and the masks."""
+              compensate: bool = True, channel_criterion: str = "anp", seed: int = 0
+              ) -> tuple[ChannelPlan, Masks]:
+    """One structured step in place on ``learner``: score channels (``anp``: group OBS of the
+    consumer under the adapted network; ``l1``; ``random`` with ``seed``), pick ``widths[i]``
+    survivors per block, compensate the consumers (anp: OBS) and set the equivalent masks
+    (removed filters and their consumer columns = 0). Returns the plan and the masks."""
     model = learner.model
     _check(model)
+    if channel_criterion not in CHANNEL_CRITERIA:
+        raise ValueError(f"channel criterion must be one of {CHANNEL_CRITERIA}, got "
+                         f"'{channel_criterion}'")
     cur = block_widths(model)
     if len(widths) != len(cur) or any(not 1 <= w <= c for w, c in zip(widths, cur, strict=True)):
         raise ValueError(f"target widths {list(widths)} must be 1..{cur} per block")
     names = [f"{consumer(model, i)[0]}.weight" for i in range(len(cur))]
-    H = ANP(h_data=h_data, damping=damping, patch_stride=patch_stride).hessians(
-        learner, tasks, names)
+    obs = channel_criterion == "anp"
+    H = (ANP(h_data=h_data, damping=damping, patch_stride=patch_stride).hessians(
+        learner, tasks, names) if obs else {})
+    gen = torch.Generator().manual_seed(seed)
     keep, costs, masks = [], [], dict(learner.masks)
     params = dict(model.named_parameters())
     for i, width in enumerate(cur):
         cname, mod = consumer(model, i)
         groups = channel_columns(model, i)
-        W = weight_matrix(mod).detach()
-        hinv = damped_inverse(H[f"{cname}.weight"], damping)
-        removed, Wc, cst = group_obs(W, hinv, groups, width - widths[i])
         k = mod.weight[0].numel()
+        if not obs:
+            removed, cst = _cheapest_channels(model, i, width - widths[i], channel_criterion,
+                                              gen)
+        else:
+            W = weight_matrix(mod).detach()
+            hinv = damped_inverse(H[f"{cname}.weight"], damping)
+            removed, Wc, cst = group_obs(W, hinv, groups, width - widths[i])
         with torch.no_grad():
-            if compensate:
+            if compensate and obs:
                 mod.weight.copy_(Wc[:, :k].reshape(mod.weight.shape).to(mod.weight.dtype))
                 if mod.bias is not None:
                     mod.bias.copy_(Wc[:, k].to(mod.bias.dtype))
@@ -214,9 +244,10 @@ class _Offset:
 def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2,
                    retrain_iters: int = 100, meta_batch: int = 4, tasks: int = 20,
                    damping: float = 1e-4, device: str | torch.device = "cpu",
-                   progress: bool = False, log=print) -> tuple[Learner, list[ChannelPlan]]:
-    """Rounds of (channel ANP step, physical removal, re-meta-training); returns the final
-    slim learner and the plans."""
+                   progress: bool = False, log=print, channel_criterion: str = "anp"
+                   ) -> tuple[Learner, list[ChannelPlan]]:
+    """Rounds of (channel step with ``channel_criterion``, physical removal,
+    re-meta-training); returns the final slim learner and the plans."""
     from ..training import meta_train
 
     plans = []
@@ -224,7 +255,8 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
     for r, widths in enumerate(targets, 1):
         t0 = time.perf_counter()
         score_tasks = [t.to(device) for t in sampler.batch(10_000_000 + r * tasks, tasks)]
-        plan, _ = plan_step(learner, score_tasks, widths, damping=damping)
+        plan, _ = plan_step(learner, score_tasks, widths, damping=damping,
+                            channel_criterion=channel_criterion, seed=r)
         learner = slim_learner(learner, plan)
         learner.model.to(device)
         t1 = time.perf_counter()
