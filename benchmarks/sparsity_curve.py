@@ -34,6 +34,8 @@ STRUCTURED = "anp-structured"
 # channel criterion of each structured method: anp (group OBS), and two channel baselines
 STRUCTURED_METHODS = {STRUCTURED: "anp", "l1-structured": "l1",
                       "random-structured": "random"}
+# control for the structured methods: anp-structured's final widths, trained from scratch
+SCRATCH = "scratch-structured"
 # cumulative sparsity after each round: 10%, ..., 80%, 85%, 90%, 95%
 SCHEDULE = [0.1] * 8 + [0.05, 0.05, 0.05]
 REPORT_AT = [0.5, 0.7, 0.85, 0.9, 0.95]
@@ -89,8 +91,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, help="dense meta-training iterations")
     ap.add_argument("--retrain-iters", type=int, help="re-meta-training iterations per round")
     ap.add_argument("--methods", help="comma-separated subset of the setting's methods; "
-                    f"{', '.join(STRUCTURED_METHODS)} (Conv4 only) may be added to any "
-                    "setting")
+                    f"{', '.join(STRUCTURED_METHODS)} and {SCRATCH} (after {STRUCTURED}; "
+                    "Conv4 only) may be added to any setting")
     ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
     ap.add_argument("--patch-stride", type=int, default=None,
@@ -154,6 +156,13 @@ def main() -> None:
     # 2-3. each method: prune (resumable), evaluate the reported rounds
     targets = _cumulative(schedule)
     for method in methods:
+        if method == SCRATCH:
+            t0 = time.perf_counter()
+            rows += _scratch(args, cfg, run, train_data, sampler, schedule, retrain, report_at,
+                             dense, cached_eval)
+            timings[method] = time.perf_counter() - t0
+            _write(args, setting, cfg, rows, iterations, retrain, schedule)
+            continue
         if method in STRUCTURED_METHODS:
             t0 = time.perf_counter()
             rows += _structured(args, cfg, run, dense_ck, sampler, schedule, retrain, report_at,
@@ -194,10 +203,6 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
     from metaprune.pruning.cli import structured_keep
     from metaprune.pruning.structured import structured_anp
 
-    def prunable(model) -> int:
-        return sum(p.numel() for n, p in model.named_parameters()
-                   if n.endswith("weight") and p.dim() > 1)
-
     rows = []
     targets = _cumulative(schedule)
     for target in report_at:
@@ -206,7 +211,7 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
         iters = r * retrain // rounds
         path = run / method / f"s{round(100 * target):02d}"
         dense_learner = load_checkpoint(dense_ck, device=args.device).learner
-        n_dense = prunable(dense_learner.model)
+        n_dense = _prunable(dense_learner.model)
         t0 = time.perf_counter()
         if last_iteration(path) is None:
             lrn, plans = structured_anp(
@@ -222,9 +227,55 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
         seconds = ck.meta["structured"]["seconds"]
         res = cached_eval(ck.learner, path.with_name(f"eval_{path.name}.json"),
                           f"evaluate {method} {target:.0%}")
-        sparsity = 1 - prunable(ck.learner.model) / n_dense
+        sparsity = 1 - _prunable(ck.learner.model) / n_dense
         rows.append(_row(args.setting, method, target, sparsity, res,
                          paired_difference(res, dense), seconds, 0.0))
+    return rows
+
+
+def _prunable(model) -> int:
+    return sum(p.numel() for n, p in model.named_parameters()
+               if n.endswith("weight") and p.dim() > 1)
+
+
+def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, report_at,
+             dense: EvalResult, cached_eval) -> list[dict]:
+    """Control for structured pruning: at each reported sparsity, a Conv4 with the final
+    widths of anp-structured, meta-trained from a random initialisation on as many tasks as
+    the dense model and the structured run's re-training together (at the dense model's
+    meta-batch). Cached as RUN/scratch-structured/sNN (resumable)."""
+    import copy
+    import math
+
+    dense_doc = json.loads((run / "dense.json").read_text())
+    dense_iters = int(dense_doc["iteration"])
+    mb = int(args.dense_meta_batch)
+    n_dense = _prunable(load_checkpoint(run / "dense").learner.model)
+    targets = _cumulative(schedule)
+    rows = []
+    for target in report_at:
+        r = 1 + next(i for i, t in enumerate(targets) if abs(t - target) < 1e-6)
+        tag = f"s{round(100 * target):02d}"
+        src = run / STRUCTURED / f"{tag}.json"
+        if not src.exists():
+            raise SystemExit(f"{SCRATCH} needs {src}: run {STRUCTURED} first")
+        widths = json.loads(src.read_text())["structured"]["widths"][-1]
+        c = copy.deepcopy(cfg)
+        c["model"]["kwargs"] = {"widths": widths}
+        c["train"]["meta_batch"] = mb
+        iters = dense_iters + math.ceil(r * retrain * cfg["train"]["meta_batch"] / mb)
+        path = run / SCRATCH / tag
+        done = last_iteration(path) or 0
+        lrn = (load_checkpoint(path, device=args.device).learner if done
+               else make_learner(c, train_data, args.device))
+        meta_train(lrn, sampler, iters, mb, start_iteration=done, checkpoint_path=path,
+                   checkpoint_every=250, meta={"config": c, "data": c["data"],
+                                               "kind": SCRATCH, "target": target},
+                   device=args.device, progress=not args.no_progress, desc=f"{SCRATCH} {tag}")
+        seconds = json.loads(path.with_suffix(".json").read_text()).get("train_seconds", 0.0)
+        res = cached_eval(lrn, path.with_name(f"eval_{tag}.json"), f"evaluate {SCRATCH} {tag}")
+        rows.append(_row(args.setting, SCRATCH, target, 1 - _prunable(lrn.model) / n_dense,
+                         res, paired_difference(res, dense), seconds, 0.0))
     return rows
 
 
