@@ -26,14 +26,12 @@ from metaprune.config import load_config, parse_key_value
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, make_learner, test_tasks, train_sampler
 from metaprune.pruning import prune
+from metaprune.pruning.structured import STRUCTURED_METHODS
 from metaprune.training import last_iteration, meta_train
 
 ALL_METHODS = ["anp", "lobs", "magnitude", "random", "taylor-meta", "taylor-meta-fo"]
 # optional (--methods ...,anp-structured): whole Conv4 channels removed, see _structured
-STRUCTURED = "anp-structured"
-# channel criterion of each structured method: anp (group OBS), and two channel baselines
-STRUCTURED_METHODS = {STRUCTURED: "anp", "l1-structured": "l1",
-                      "random-structured": "random"}
+STRUCTURED = "anp-structured"  # channel criteria: STRUCTURED_METHODS (anp, l1, random)
 # control for the structured methods: anp-structured's final widths, trained from scratch
 SCRATCH = "scratch-structured"
 # cumulative sparsity after each round: 10%, ..., 80%, 85%, 90%, 95%

@@ -177,3 +177,16 @@ def test_prune_cli_anp_structured(tmp_path, capsys) -> None:
     assert main(["prune", dense, "--method", "anp-structured", "--keep", "0",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--keep" in capsys.readouterr().err
+    # the channel baselines go through the same command
+    rc = main(["prune", dense, "--method", "l1-structured", "--sparsity", "0.75", "--rounds",
+               "1", "--retrain-iters", "0", "--tasks", "2", "--out", str(tmp_path / "l1"),
+               "--no-progress"])
+    assert rc == 0 and "l1-structured: channels [8, 8, 8, 8] -> [4, 4, 4, 4]" in \
+        capsys.readouterr().out
+    l1 = load_checkpoint(tmp_path / "l1" / "round01", with_optimizer=False)
+    assert l1.meta["structured"]["method"] == "l1-structured"
+    full = load_checkpoint(dense, with_optimizer=False).learner.model
+    norms = full.features[0][0].weight.detach().abs().flatten(1).sum(1)
+    kept = sorted(torch.argsort(norms, descending=True)[:4].tolist())
+    assert torch.equal(l1.learner.model.features[0][0].weight,
+                       full.features[0][0].weight[kept])

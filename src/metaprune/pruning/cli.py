@@ -16,6 +16,7 @@ from .criteria import (
     OBS_WEIGHTS_CHOICES,
 )
 from .pruner import PruneConfig, prune
+from .structured import STRUCTURED_METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,9 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/roundNN (loadable by 'metaprune evaluate').")
     p.add_argument("checkpoint", help="checkpoint from 'metaprune train' (a partly pruned one "
                    "works if no round's target is below its sparsity)")
-    p.add_argument("--method", default="anp", choices=sorted(CRITERIA) + [STRUCTURED],
+    p.add_argument("--method", default="anp",
+                   choices=sorted(CRITERIA) + list(STRUCTURED_METHODS),
                    help="pruning criterion; 'anp-structured' removes whole Conv4 channels "
-                   "(writes a smaller conv4-slim network, see docs/deploy.md)")
+                   "(writes a smaller conv4-slim network, see docs/deploy.md); "
+                   "'l1-structured' and 'random-structured' are its channel baselines")
     p.add_argument("--sparsity", type=float, default=0.85,
                    help="final fraction of each layer's weights to prune (default 0.85)")
     p.add_argument("--schedule", default="default",
@@ -134,7 +137,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                           name=f"{data['dataset']}/{data.get('train_split', 'train')}")
     train_cfg = (ck.meta.get("config") or {}).get("train") or {}
     meta_batch = args.meta_batch or int(train_cfg.get("meta_batch", 4))
-    if args.method == STRUCTURED:
+    if args.method in STRUCTURED_METHODS:
         return _prune_structured(args, ck, sampler, meta_batch, device)
     cfg = PruneConfig(
         method=args.method, sparsity=args.sparsity, schedule=args.schedule,
@@ -162,8 +165,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
                       device: torch.device) -> int:
-    """``--method anp-structured``: channel ANP rounds, physical removal, re-meta-training;
-    writes the final slim network as OUT/roundNN (NN = --rounds)."""
+    """``--method anp-structured`` (or a channel baseline): channel rounds, physical removal,
+    re-meta-training; writes the final slim network as OUT/roundNN (NN = --rounds)."""
     from pathlib import Path
 
     from ..checkpoint import save_checkpoint
@@ -175,16 +178,17 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
     learner, plans = structured_anp(
         ck.learner, sampler, keep=keep, rounds=args.rounds, retrain_iters=args.retrain_iters,
         meta_batch=meta_batch, tasks=args.tasks, damping=args.damping, device=device,
-        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True))
+        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True),
+        channel_criterion=STRUCTURED_METHODS[args.method])
     out = Path(args.out) / f"round{args.rounds:02d}"
     meta = {k: ck.meta[k] for k in ("config", "data") if k in ck.meta}
     meta.update({"kind": "structured", "source_checkpoint": str(args.checkpoint),
-                 "structured": {"method": STRUCTURED, "keep": keep, "rounds": args.rounds,
+                 "structured": {"method": args.method, "keep": keep, "rounds": args.rounds,
                                 "retrain_iters": args.retrain_iters, "meta_batch": meta_batch,
                                 "tasks": args.tasks, "seed": args.seed,
                                 "widths": [p.widths for p in plans]}})
     save_checkpoint(out, learner, meta, with_optimizer=False)
     n = sum(p.numel() for p in learner.model.parameters())
-    print(f"{STRUCTURED}: channels {widths0} -> {plans[-1].widths} (keep {keep:.3f}), "
+    print(f"{args.method}: channels {widths0} -> {plans[-1].widths} (keep {keep:.3f}), "
           f"{n:,} parameters, {args.rounds} round(s), final checkpoint {out}")
     return 0

@@ -116,6 +116,9 @@ def group_obs(W: torch.Tensor, hinv: torch.Tensor, groups: Sequence[torch.Tensor
 
 
 CHANNEL_CRITERIA = ("anp", "l1", "random")
+# method names (metaprune prune --method, benchmarks) -> channel criterion
+STRUCTURED_METHODS = {"anp-structured": "anp", "l1-structured": "l1",
+                      "random-structured": "random"}
 
 
 def _cheapest_channels(model: nn.Module, i: int, n_remove: int, criterion: str,
