@@ -319,9 +319,13 @@ def main() -> None:
         rows = list(csv.DictReader(path.open()))
         for r in rows:
             _add_display_columns(r, r["variant"] == "dense", r["sparsity"])
+            r["paired diff vs the method's defaults"] = (
+                f"{float(r['diff_vs_method']):+.2f} +- {r['diff_vs_method_ci95']}"
+                if r.get("diff_vs_method") else "")
         parts.append(f"### [{path.stem}.md](results/{path.stem}.md)\n")
         parts.append(table(rows, ["variant", "sparsity %", "accuracy (95% CI)",
-                                  "paired diff vs dense", "tasks"]) + "\n")
+                                  "paired diff vs dense", "paired diff vs the method's defaults",
+                                  "tasks"]) + "\n")
     parts.append("## Other results\n")
     shown = {c.stem for c in curves + oneshot} | \
         {f"{c.stem}_anp_vs_baselines" for c in curves}  # tables above
