@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -235,6 +236,19 @@ def test_run_saved_before_an_option_existed_resumes_at_its_default(sampler, tmp_
     with pytest.raises(ValueError, match="another configuration"):
         prune(make_learner(), sampler, out_dir=tmp_path / "r",
               **{**opts, "obs_weights": "adapted"})
+
+
+def test_warns_when_a_layer_keeps_almost_no_input_per_unit(sampler) -> None:
+    """The first conv of a 1-channel model has 9 inputs per filter: 85% leaves 1.35."""
+    opts = dict(method="magnitude", sparsity=0.85, schedule="one-shot", retrain_iters=0,
+                progress=False)
+    with pytest.warns(UserWarning, match=r"'features\.0\.0\.weight' to 85% leaves .* 1\.4 of "
+                      r"its 9 inputs"):
+        prune(make_learner(), sampler, **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune(make_learner(), sampler, include_first=False, include_last=False, **opts)
+        prune(make_learner(), sampler, **{**opts, "sparsity": 0.5})
 
 
 def test_cli_prune_prints_table_and_writes_rounds(tmp_path, capsys) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,6 +174,25 @@ def _round_result(learner: Learner, rnd: int, target: float, names: Sequence[str
     return RoundResult(rnd, target, rows[-2]["sparsity"], rows[-1]["sparsity"], layers)
 
 
+# a layer whose output units keep fewer inputs than this on average is warned about
+FEW_INPUTS_PER_UNIT = 2.0
+
+
+def _warn_few_inputs(learner: Learner, ratios: Mapping[str, float]) -> None:
+    """Warn about layers that the common ratio leaves with almost no input per output unit
+    (e.g. a 3x3 conv on 1-channel images: 9 inputs; 85% leaves 1.35)."""
+    params = dict(learner.model.named_parameters())
+    for n, r in ratios.items():
+        fan_in = params[n][0].numel()
+        if fan_in * (1 - r) < FEW_INPUTS_PER_UNIT:
+            warnings.warn(
+                f"pruning '{n}' to {r:.0%} leaves each of its output units about "
+                f"{fan_in * (1 - r):.1f} of its {fan_in} inputs; on Omniglot (1-channel "
+                "images) keeping the first layer and the head dense made most of the "
+                "difference at 85-95% (benchmarks/README.md, setting A); consider "
+                "--exclude-first / --exclude-last or --layer-ratio", stacklevel=3)
+
+
 def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = None, *,
           out_dir: str | os.PathLike | None = None, meta: dict | None = None,
           device: str | torch.device = "cpu", progress: bool = True,
@@ -194,8 +214,11 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
     names = prunable_weights(learner.model, cfg.include_first, cfg.include_last)
     if not names:
         raise ValueError(f"{type(learner.model).__name__} has no prunable Conv2d/Linear layer")
-    for r in round_ratios(names, targets[-1], cfg.sparsity, cfg.layer_ratios).values():
+    final_ratios = round_ratios(names, targets[-1], cfg.sparsity, cfg.layer_ratios)
+    for r in final_ratios.values():
         exact_count(r, 1)  # fail early on a bad per-layer ratio
+    if cfg.allocation == "layerwise":
+        _warn_few_inputs(learner, final_ratios)
     if cfg.retrain_iters < 0 or cfg.tasks < 0 or cfg.meta_batch < 1:
         raise ValueError("retrain_iters and tasks must be >= 0, meta_batch >= 1")
     if criterion.needs_tasks and cfg.tasks < 1:
