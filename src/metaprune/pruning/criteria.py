@@ -351,9 +351,9 @@ class _OBS(Criterion):
 def _bn_gain(bn: nn.Module, w: torch.Tensor, H: torch.Tensor, mean: torch.Tensor
              ) -> torch.Tensor:
     """``gamma^2 / (var + eps)`` per output channel of a layer ``w`` (``[out, d]``) whose
-    output ``w x`` is normalised by ``bn``: the variance is ``w H w^T - (w mean)^2`` over the
-    recorded inputs (per-batch statistics, as BatchNorm uses in training and in MAML), or the
-    running variance when ``bn`` normalises with running statistics."""
+    output ``w x`` is normalised by ``bn``: the variance is ``w H w^T - (w mean)^2`` over all
+    recorded inputs pooled (BatchNorm normalises each batch by its own statistics; the pooled
+    variance stands for them), or the running variance when ``bn`` uses running statistics."""
     if not bn.training and bn.running_var is not None:
         var = bn.running_var.detach().double()
     else:
