@@ -25,6 +25,7 @@ from metaprune.checkpoint import load_checkpoint
 from metaprune.config import load_config, parse_key_value
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, make_learner, test_tasks, train_sampler
+from metaprune.masks import prunable_weights
 from metaprune.pruning import prune
 from metaprune.pruning.structured import STRUCTURED_METHODS
 from metaprune.training import last_iteration, meta_train
@@ -232,8 +233,9 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
 
 
 def _prunable(model) -> int:
-    return sum(p.numel() for n, p in model.named_parameters()
-               if n.endswith("weight") and p.dim() > 1)
+    """Number of prunable (Conv2d / Linear) weights of ``model``."""
+    params = dict(model.named_parameters())
+    return sum(params[n].numel() for n in prunable_weights(model))
 
 
 def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, report_at,

@@ -257,7 +257,9 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
     targets = schedule(block_widths(learner.model), keep, rounds)
     for r, widths in enumerate(targets, 1):
         t0 = time.perf_counter()
-        score_tasks = [t.to(device) for t in sampler.batch(10_000_000 + r * tasks, tasks)]
+        # only the anp criterion scores on tasks; l1 / random need none
+        score_tasks = ([t.to(device) for t in sampler.batch(10_000_000 + r * tasks, tasks)]
+                       if channel_criterion == "anp" else [])
         plan, _ = plan_step(learner, score_tasks, widths, damping=damping,
                             channel_criterion=channel_criterion, seed=r)
         learner = slim_learner(learner, plan)
