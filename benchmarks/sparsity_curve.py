@@ -144,6 +144,7 @@ def main() -> None:
     dense_doc = json.loads((run / "dense.json").read_text())
     timings["dense_train"] = dense_doc.get("train_seconds", time.perf_counter() - t0)
     args.dense_meta_batch = dense_doc["config"]["train"]["meta_batch"]
+    args.dense_iterations = int(dense_doc["iteration"])
 
     def cached_eval(lrn, path: Path, desc: str) -> EvalResult:
         return cached_evaluation(path, tasks, lambda: evaluate(
@@ -158,7 +159,7 @@ def main() -> None:
         if method == SCRATCH:
             t0 = time.perf_counter()
             rows += _scratch(args, cfg, run, train_data, sampler, schedule, retrain, report_at,
-                             dense, cached_eval)
+                             dense, _prunable(learner.model), cached_eval)
             timings[method] = time.perf_counter() - t0
             _write(args, setting, cfg, rows, iterations, retrain, schedule)
             continue
@@ -239,18 +240,17 @@ def _prunable(model) -> int:
 
 
 def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, report_at,
-             dense: EvalResult, cached_eval) -> list[dict]:
+             dense: EvalResult, n_dense: int, cached_eval) -> list[dict]:
     """Control for structured pruning: at each reported sparsity, a Conv4 with the final
     widths of anp-structured, meta-trained from a random initialisation on as many tasks as
     the dense model and the structured run's re-training together (at the dense model's
-    meta-batch). Cached as RUN/scratch-structured/sNN (resumable)."""
+    meta-batch). ``n_dense``: the dense model's prunable weights. Cached as
+    RUN/scratch-structured/sNN (resumable)."""
     import copy
     import math
 
-    dense_doc = json.loads((run / "dense.json").read_text())
-    dense_iters = int(dense_doc["iteration"])
+    dense_iters = args.dense_iterations
     mb = int(args.dense_meta_batch)
-    n_dense = _prunable(load_checkpoint(run / "dense").learner.model)
     targets = _cumulative(schedule)
     rows = []
     for target in report_at:
