@@ -56,3 +56,26 @@ def test_demo_prints_dense_anp_magnitude_table(tmp_path, capsys) -> None:
     assert rows[0]["sparsity"] == 0.0
     assert all(abs(r["sparsity"] - 0.85) < 0.005 for r in rows[1:])
     assert "paired diff vs dense" in table and "anp" in table
+
+
+def test_demo_exclude_first_last_keeps_those_layers_dense(tmp_path) -> None:
+    from metaprune.checkpoint import load_checkpoint
+    from metaprune.masks import prunable_weights
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--iterations", "2", "--retrain-iters", "1",
+                 "--tasks", "10", "--width", "4", "--methods", "anp", "--exclude-first",
+                 "--exclude-last", "--no-progress"]) == 0
+    rows = {r["model"]: r for r in json.loads((out / "results.json").read_text())}
+    learner = load_checkpoint(out / "anp" / "round09").learner
+    names = prunable_weights(learner.model)
+    params = dict(learner.model.named_parameters())
+    first, last, inner = names[0], names[-1], names[1:-1]
+    assert first not in learner.masks and last not in learner.masks
+    assert bool((params[first] != 0).all()) and bool((params[last] != 0).all())
+    removed = sum(int((learner.masks[n] == 0).sum()) for n in inner)
+    inner_total = sum(params[n].numel() for n in inner)
+    assert abs(removed / inner_total - 0.85) < 0.005  # exact per-layer counts, inner layers
+    total = sum(params[n].numel() for n in names)
+    assert rows["anp"]["sparsity"] == removed / total  # reported over ALL conv/linear weights
+    assert rows["anp"]["sparsity"] < 0.85

@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
     p.add_argument("--width", type=int, default=32, help="Conv4 width")
     p.add_argument("--methods", default="anp,magnitude", help="comma-separated criteria")
+    p.add_argument("--exclude-first", action="store_true",
+                   help="do not prune the first conv layer (9 weights per filter here)")
+    p.add_argument("--exclude-last", action="store_true", help="do not prune the head")
     _common(p)
     p.set_defaults(func=cmd_demo)
 

@@ -190,7 +190,9 @@ def _warn_few_inputs(learner: Learner, ratios: Mapping[str, float]) -> None:
                 f"{fan_in * (1 - r):.1f} of its {fan_in} inputs; on Omniglot (1-channel "
                 "images) keeping the first layer and the head dense made most of the "
                 "difference at 85-95% (benchmarks/README.md, setting A); consider "
-                "--exclude-first / --exclude-last or --layer-ratio", stacklevel=3)
+                "include_first=False / include_last=False (command line: --exclude-first / "
+                "--exclude-last) or a per-layer ratio (layer_ratios, --layer-ratio)",
+                stacklevel=3)
 
 
 def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = None, *,
