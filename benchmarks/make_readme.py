@@ -231,9 +231,11 @@ Why A and B miss, as far as we found (setting A unless said):
    unstructured anp with the first layer and head dense (+0.90 +- 0.27, +0.97 +- 0.30,
    +3.01 +- 0.40), but still misses the 1-point target
    ([paired](results/sparsity_B_structured_anp-structured_vs_baselines.md)). The scratch
-   control at 85% on B ([sparsity_B_scratch85.md](results/sparsity_B_scratch85.md), 9
-   minutes of one core) reaches -1.62 +- 0.23, ahead of anp-structured by 0.41 +- 0.25: on
-   20-way Omniglot too, a Conv4-25 trained directly is as good as one pruned from Conv4-64.
+   control on B ([sparsity_B_scratch.md](results/sparsity_B_scratch.md), 5-9 minutes of one
+   core per model) reaches -1.62 +- 0.23, -3.41 +- 0.27 and -13.63 +- 0.33 at 85/90/95%;
+   anp-structured minus it is -0.41 +- 0.25, -1.34 +- 0.28 and -0.23 +- 0.40: on 20-way
+   Omniglot too, a Conv4-25 trained directly is as good as one pruned from Conv4-64, or
+   better, at this re-training budget (item 11 has more).
 
 10. **The schedule is not the cause.** One pruning round to 85% followed by the same 360
    re-training iterations ([sparsity_A_sched1.md](results/sparsity_A_sched1.md),
