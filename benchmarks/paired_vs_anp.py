@@ -6,7 +6,9 @@
 replicate with another seed, or an ablation) as one more row group. ``--reference METHOD``
 pairs against another method of the run than anp (e.g. anp-structured, whose evaluations are
 ``eval_sNN.json`` per target instead of ``eval_roundNN.json`` per round); the baselines are the
-run's methods of the same kind, plus any ``--compare``.
+run's methods of the same kind, plus any ``--compare``. ``--control LABEL=FILE`` adds one
+evaluation file (e.g. a dense model given as much extra meta-training as the pruned ones had,
+from extra_retrain.py) that every target of the reference is paired against.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main() -> None:
                     "sparsity_<setting>); writes <name>_anp_vs_baselines.csv/.md")
     ap.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
                     help="another run's method folder to compare with")
+    ap.add_argument("--control", action="append", default=[], metavar="LABEL=FILE",
+                    help="one evaluation file paired against every target of the reference")
     ap.add_argument("--reference", default="anp",
                     help="the run's method every other one is paired against (default anp)")
     args = ap.parse_args()
@@ -45,10 +49,15 @@ def main() -> None:
         if not sep or not evaluations(Path(folder)):
             raise SystemExit(f"--compare expects LABEL=DIR with evaluations in DIR, got '{item}'")
         bases[label] = Path(folder)
-    rows = []
     ref_evals = evaluations(ref)
-    for base, folder in bases.items():
-        base_evals = evaluations(folder)
+    sources: dict[str, dict[float, Path]] = {b: evaluations(f) for b, f in bases.items()}
+    for item in args.control:
+        label, sep, file = item.partition("=")
+        if not sep or not Path(file).is_file():
+            raise SystemExit(f"--control expects LABEL=FILE with an evaluation file, got '{item}'")
+        sources[label] = dict.fromkeys(ref_evals, Path(file))
+    rows = []
+    for base, base_evals in sources.items():
         for target in sorted(set(ref_evals) & set(base_evals)):
             d = paired_difference(EvalResult.load(ref_evals[target]),
                                   EvalResult.load(base_evals[target]))
@@ -57,6 +66,7 @@ def main() -> None:
                          "ci95": round(100 * d.ci95, 2), "tasks": d.tasks})
     if not rows:
         raise SystemExit(f"no paired evaluations found in {run}")
+    controls = [item.partition("=")[2] for item in args.control]
     name = args.name or f"sparsity_{args.setting}"
     # never overwrite the curve's own <name>.csv
     suffix = "_anp_vs_baselines" if args.reference == "anp" else f"_{args.reference}_vs_baselines"
@@ -66,7 +76,8 @@ def main() -> None:
         f" The column `anp_minus_baseline` holds {args.reference} minus the baseline.")
     write_results(stem, f"Setting {args.setting}: {label} minus each baseline (paired, points)",
                   f"Per-task differences on the same fixed test tasks, from the evaluation "
-                  f"files of {ref} and of {', '.join(str(f) for f in bases.values())} (see "
+                  f"files of {ref} and of "
+                  f"{', '.join([str(f) for f in bases.values()] + controls)} (see "
                   f"the runs' results files for their commands). Positive: {label} better."
                   + extra, rows)
     print(markdown_table(rows))
