@@ -333,16 +333,16 @@ def budget_section(paths: list[Path]) -> str:
         with path.open() as f:
             data = list(csv.DictReader(f))
         dense = next(r for r in data if r["method"] == "dense")
+        evals = [float(r["eval_seconds"]) for r in data if r.get("eval_seconds") not in (None, "")]
+        if len(evals) != len(data):
+            continue  # written before eval times were recorded
         last: dict[str, float] = {}
         method_evals: dict[str, float] = {}
         for r in data:
             if r["method"] != "dense":
                 last[r["method"]] = max(last.get(r["method"], 0.0), float(r["seconds_to_reach"]))
                 method_evals[r["method"]] = (method_evals.get(r["method"], 0.0)
-                                             + float(r["eval_seconds"] or "nan"))
-        evals = [float(r["eval_seconds"]) for r in data if r.get("eval_seconds") not in (None, "")]
-        if len(evals) != len(data):
-            continue  # written before eval times were recorded
+                                             + float(r["eval_seconds"]))
         dense_min = float(dense["seconds_to_reach"]) / 60
         shown = f"{dense_min:.1f}"
         if (cpu := dense_cpu.get(f"sparsity_{data[0]['setting']}")) is not None:

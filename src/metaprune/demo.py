@@ -20,7 +20,7 @@ from .config import load_config
 from .evaluation import EvalResult, evaluate, paired_difference
 from .experiment import load_split, make_learner, test_tasks, train_sampler
 from .io import atomic_write_text
-from .masks import prunable_weights, sparsity_table
+from .masks import dense_masks, prunable_weights, sparsity_table
 from .training import last_iteration, meta_train
 
 
@@ -35,11 +35,9 @@ def demo_config(args: argparse.Namespace) -> dict:
 
 def pruned_share(learner) -> float:
     """Share of the weights of every Conv2d/Linear layer, excluded layers included, that the
-    learner's masks remove."""
-    params = dict(learner.model.named_parameters())
-    names = prunable_weights(learner.model)
-    removed = sum(int((learner.masks[n] == 0).sum()) for n in names if n in learner.masks)
-    return removed / sum(params[n].numel() for n in names)
+    learner's masks remove (sparsity_table's prunable row, excluded layers counted dense)."""
+    masks = {**dense_masks(learner.model, prunable_weights(learner.model)), **learner.masks}
+    return sparsity_table(learner.model, masks)[-2]["sparsity"]
 
 
 def _evaluate_cached(learner, dataset, tasks, path: Path, device, desc: str,
