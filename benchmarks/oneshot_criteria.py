@@ -9,8 +9,9 @@ is what the iterative curves of ``sparsity_curve.py`` mix together.
         --run-dir runs/sparsity_A --name oneshot_A
 
 Variants are ``method[:option=value,...]`` with the PruneConfig options of anp/lobs
-(damping, h_data, compensation, patch_stride, obs_weights, bn_aware). Results are cached per
-variant in RUN/oneshot/ so a killed run resumes.
+(damping, h_data, compensation, patch_stride, obs_weights, bn_aware) and ``score_tasks`` (how
+many tasks feed the criterion; default ``--score-tasks``). Results are cached per variant in
+RUN/oneshot/ so a killed run resumes; a non-default ``--score-tasks`` is part of the cache key.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, train_sampler
 from metaprune.pruning import prune
 
+DEFAULT_SCORE_TASKS = 20
 DEFAULT_VARIANTS = [
     "magnitude", "lobs", "anp", "lobs:compensation=none", "anp:compensation=none",
     "anp:damping=0.01", "lobs:damping=0.01", "anp:h_data=support", "taylor-meta-fo",
@@ -39,10 +41,16 @@ def parse_variant(text: str) -> tuple[str, dict]:
     out = dict(parse_key_value(kv, f"variant '{text}' option")
                for kv in filter(None, opts.split(",")))
     unknown = set(out) - {"damping", "patch_stride", "h_data", "compensation", "obs_weights",
-                          "bn_aware"}
+                          "bn_aware", "score_tasks"}
     if unknown:
         raise ValueError(f"variant '{text}': unknown option(s) {sorted(unknown)}")
     return method, out
+
+
+def variant_key(variant: str, sparsity: float, score_tasks: int) -> str:
+    """Cache file stem of one variant at one sparsity (the default task count is left out)."""
+    key = f"{variant.replace(':', '_').replace('=', '-').replace(',', '_')}_s{sparsity:g}"
+    return key if score_tasks == DEFAULT_SCORE_TASKS else f"{key}_t{score_tasks}"
 
 
 def main() -> None:
@@ -53,7 +61,8 @@ def main() -> None:
     ap.add_argument("--variants", default=";".join(DEFAULT_VARIANTS),
                     help="';'-separated method[:k=v,...]")
     ap.add_argument("--tasks", type=int, default=300, help="first N of the run's test tasks")
-    ap.add_argument("--score-tasks", type=int, default=20)
+    ap.add_argument("--score-tasks", type=int, default=DEFAULT_SCORE_TASKS,
+                    help="tasks that feed each criterion (a variant's score_tasks overrides it)")
     ap.add_argument("--results-dir", default=str(RESULTS))
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
@@ -78,12 +87,14 @@ def main() -> None:
     for variant in args.variants.split(";"):
         method, opts = parse_variant(variant)
         for s in map(float, args.sparsity.split(",")):
-            key = f"{variant.replace(':', '_').replace('=', '-').replace(',', '_')}_s{s:g}"
+            key = variant_key(variant, s, args.score_tasks)
 
             def make(method=method, opts=opts, s=s):
+                opts = dict(opts)
+                n_tasks = int(opts.pop("score_tasks", args.score_tasks))
                 lrn = load_checkpoint(run / "dense").learner
                 prune(lrn, sampler, method=method, sparsity=s, schedule="one-shot",
-                      retrain_iters=0, tasks=args.score_tasks, progress=False, **opts)
+                      retrain_iters=0, tasks=n_tasks, progress=False, **opts)
                 return lrn
 
             res = cached(key, make)
