@@ -27,7 +27,7 @@ from metaprune.config import parse_key_value
 from metaprune.data.tasks import TaskList
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, train_sampler
-from metaprune.pruning import prune
+from metaprune.pruning import DEFAULT_PATCH_STRIDE, prune
 
 DEFAULT_SCORE_TASKS = 20
 DEFAULT_VARIANTS = [
@@ -116,7 +116,9 @@ def _row(variant: str, s: float, res: EvalResult, diff) -> dict:
 def _write(args, cfg, rows: list[dict], tasks: TaskList) -> None:
     d = cfg["data"]
     notes = (f"One-shot pruning of the dense model in `{args.run_dir}/dense` (no re-training), "
-             f"{args.score_tasks} scoring tasks, evaluated on the first {len(tasks)} of its "
+             f"{args.score_tasks} scoring tasks and conv patch stride {DEFAULT_PATCH_STRIDE} "
+             "(the library defaults) unless the variant sets score_tasks or patch_stride, "
+             f"evaluated on the first {len(tasks)} of its "
              f"fixed test tasks (fingerprint {tasks.fingerprint()}). Data: {d['dataset']} "
              f"{d['n_way']}-way {d['k_shot']}-shot ({d['train_split']} -> {d['test_split']}); "
              f"learner {cfg['learner']['name']}, model {cfg['model']}. Layer-wise allocation "
