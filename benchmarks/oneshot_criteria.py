@@ -117,7 +117,7 @@ def _write(args, cfg, rows: list[dict], tasks: TaskList) -> None:
     d = cfg["data"]
     notes = (f"One-shot pruning of the dense model in `{args.run_dir}/dense` (no re-training), "
              f"{args.score_tasks} scoring tasks and conv patch stride {DEFAULT_PATCH_STRIDE} "
-             "(the library defaults) unless the variant sets score_tasks or patch_stride, "
+             "(the library's default) unless the variant sets score_tasks or patch_stride, "
              f"evaluated on the first {len(tasks)} of its "
              f"fixed test tasks (fingerprint {tasks.fingerprint()}). Data: {d['dataset']} "
              f"{d['n_way']}-way {d['k_shot']}-shot ({d['train_split']} -> {d['test_split']}); "
