@@ -30,7 +30,9 @@ def machine() -> dict[str, str]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, cwd=Path(__file__).parent).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        # results files are outputs, not inputs: a run that rewrites them is not "dirty"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ":(top)", ":(top,exclude)benchmarks/results"],
                                capture_output=True, text=True,
                                cwd=Path(__file__).parent).stdout.strip()
         commit += " (+uncommitted changes)" if dirty else ""
