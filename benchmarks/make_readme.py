@@ -285,7 +285,7 @@ Why A and B miss, as far as we found (setting A unless said):
 
 12. **Conv patch stride and the number of scoring tasks are not the cause; the default
    stride is the better one.** The library records H from every 5th conv patch by default,
-   as the original artifact did; the A runs above used every patch (`--patch-stride 1`), B-E
+   as the original artifact did; the A curves above used every patch (`--patch-stride 1`), B-E
    the default. Pruned once ([oneshot_A_hdata.md](results/oneshot_A_hdata.md), 300 tasks),
    stride 1 instead of 5 changes anp by +0.09 +- 0.10, +0.13 +- 0.27 and +0.15 +- 0.45 points
    at 50/70/85% and lobs by +0.11 +- 0.10, +0.26 +- 0.34 and +0.57 +- 0.65; 60 scoring tasks
@@ -305,10 +305,10 @@ Why A and B miss, as far as we found (setting A unless said):
    head dense, 100 per round; anp re-run at stride 1:
    [sparsity_B_enddense_r100_ps1.md](results/sparsity_B_enddense_r100_ps1.md)), stride 1 is
    worse: -2.22 +- 0.25 of dense at 85%, and minus stride 5 -0.86 +- 0.25, -0.86 +- 0.27 and
-   -0.16 +- 0.35 ([paired](results/sparsity_B_enddense_r100_ps1_anp_vs_baselines.md)). We do
-   not know why the coarser H re-trains better; item 13 gives B's run-to-run variation
-   for scale. The default stays 5; A's stride-1 runs may understate anp by about half a
-   point at 85%.
+   -0.16 +- 0.35 ([paired](results/sparsity_B_enddense_r100_ps1_anp_vs_baselines.md)),
+   about twice B's run-to-run variation (a second pruning seed moves anp by 0.4, item 13).
+   We do not know why the coarser H re-trains better. The default stays 5; A's stride-1
+   runs may understate anp by about half a point at 85%.
 
 13. **On B, ANP without compensation is ahead of every baseline as defined; L-OBS without
    it is level with ANP.** Item 5's test repeated on B with the first layer and head dense
