@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
-from metaprune.checkpoint import load_checkpoint
+from metaprune.checkpoint import load_checkpoint, paths, read_meta
 from metaprune.config import load_config, parse_key_value
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, make_learner, test_tasks, train_sampler
+from metaprune.io import atomic_write, atomic_write_text
 from metaprune.masks import prunable_weights
 from metaprune.pruning import prune
 from metaprune.pruning.structured import STRUCTURED_METHODS
@@ -88,6 +90,9 @@ def main() -> None:
     ap.add_argument("--results-dir", default=str(RESULTS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iterations", type=int, help="dense meta-training iterations")
+    ap.add_argument("--dense-from", help="start from this finished dense checkpoint (path "
+                    "without suffix, e.g. RUN/extra/dense_round09_it900): copied to RUN/dense; "
+                    "its recorded iterations replace --iterations")
     ap.add_argument("--retrain-iters", type=int, help="re-meta-training iterations per round")
     ap.add_argument("--methods", help="comma-separated subset of the setting's methods; "
                     f"{', '.join(STRUCTURED_METHODS)} and {SCRATCH} (after {STRUCTURED}; "
@@ -133,11 +138,15 @@ def main() -> None:
     tasks = test_tasks(cfg, test_data)
     tasks.save(run / "test_tasks.json")
     dense_ck = run / "dense"
+    if args.dense_from:
+        _adopt_dense(Path(args.dense_from), dense_ck)
     done = last_iteration(dense_ck) or 0
     learner = (load_checkpoint(dense_ck, device=args.device).learner if done
                else make_learner(cfg, train_data, args.device))
     t0 = time.perf_counter()
-    meta_train(learner, sampler, iterations, cfg["train"]["meta_batch"], start_iteration=done,
+    # an adopted checkpoint is used as it is: no further dense training
+    meta_train(learner, sampler, done if args.dense_from else iterations,
+               cfg["train"]["meta_batch"], start_iteration=done,
                checkpoint_path=dense_ck, checkpoint_every=250,
                meta={"config": cfg, "data": cfg["data"], "kind": "dense"},
                device=args.device, progress=progress, desc="dense")
@@ -191,6 +200,27 @@ def main() -> None:
         timings[method] = time.perf_counter() - t0
         _write(args, setting, cfg, rows, iterations, retrain, schedule)
     _write(args, setting, cfg, rows, iterations, retrain, schedule)
+
+
+def _adopt_dense(source: Path, dense_ck: Path) -> None:
+    """Copy a finished dense checkpoint to ``dense_ck``, once; a different one already there is
+    an error (the run's pruned models and cached evaluations belong to it)."""
+    src_st, src_js = paths(source)
+    for f in (src_st, src_js):
+        if not f.exists():
+            raise SystemExit(f"--dense-from {source}: {f} does not exist")
+    doc = read_meta(source)
+    dst_st, dst_js = paths(dense_ck)
+    if dst_js.exists():
+        have = read_meta(dense_ck).get("tensors_sha256")
+        if have != doc.get("tensors_sha256"):
+            raise SystemExit(f"--dense-from {source}: {dst_js} holds a different dense model "
+                             "(tensors_sha256 differs); use a new --run-dir")
+        return
+    dense_ck.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dst_st, lambda tmp: shutil.copyfile(src_st, tmp))
+    atomic_write_text(dst_js, json.dumps({**doc, "kind": "dense", "adopted_from": str(source)},
+                                         indent=2))
 
 
 def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain, report_at,
@@ -297,12 +327,15 @@ def _row(setting, method, target, sparsity, res: EvalResult, diff, seconds, scor
 def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
     stem = Path(args.results_dir) / (args.name or f"sparsity_{args.setting}")
     d = cfg["data"]
+    dense_text = (f"the finished checkpoint {args.dense_from} ({args.dense_iterations} "
+                  "iterations recorded in it; see the note)" if args.dense_from
+                  else f"{iterations} iterations x {args.dense_meta_batch} tasks")
     notes = (f"Setting {args.setting}: {setting['title']}. Data: {d['dataset']} "
              f"({d['train_split']} -> {d['test_split']}, options {d['options']}) read from "
              f"$METAPRUNE_DATA (shared/data; mini-ImageNet is the REDUCED 100-images-per-class "
              f"copy, not comparable with published numbers). Model {cfg['model']}, learner "
-             f"{cfg['learner']}. Dense: {iterations} iterations x {args.dense_meta_batch} "
-             f"tasks. Pruning: per-round increments {schedule} (cumulative "
+             f"{cfg['learner']}. Dense: {dense_text}. Pruning: per-round increments "
+             f"{schedule} (cumulative "
              f"{_cumulative(schedule)}), {retrain} masked "
              f"re-meta-training iterations per round, 20 scoring tasks per round"
              f"{'; pruning options ' + str(args.extra) if args.extra else ''}. "
