@@ -23,16 +23,19 @@ def main() -> None:
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--round", type=int, required=True)
     ap.add_argument("--reference", default="anp")
-    ap.add_argument("--methods", help="default: every method folder with that round")
+    ap.add_argument("--methods", help="methods to compare with the reference (default: every "
+                    "method folder with that round)")
     ap.add_argument("--name", required=True, help="results file stem")
     ap.add_argument("--results-dir", default=str(RESULTS))
     args = ap.parse_args()
     run = Path(args.run_dir)
     ckpt = f"round{args.round:02d}"
+    if not (run / args.reference / f"{ckpt}.json").exists():
+        raise SystemExit(f"{run / args.reference / ckpt}: no such checkpoint")
     methods = (args.methods.split(",") if args.methods else
                sorted(p.name for p in run.iterdir() if (p / f"{ckpt}.json").exists()))
-    if args.reference not in methods:
-        raise SystemExit(f"{run / args.reference / ckpt}: no such checkpoint")
+    if args.reference not in methods:  # --methods names the others; the reference comes first
+        methods.insert(0, args.reference)
     learners = {m: load_checkpoint(run / m / ckpt, with_optimizer=False).learner
                 for m in methods}
     ref = learners[args.reference]
