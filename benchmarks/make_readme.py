@@ -74,6 +74,7 @@ fixed test tasks; "met" means the CI includes the threshold):
 | A, the same at conv patch stride 5 (H from every 5th patch, the library default; all other A runs use every patch; anp and lobs re-run; item 12) | anp at 85% within 1.0 of dense; anp >= every baseline | -0.12 +- 0.34 (90%: -1.08 +- 0.36, 95%: -2.38 +- 0.39); level with lobs at stride 5 (+0.30 +- 0.36, -0.14 +- 0.41, +0.18 +- 0.42), ahead of magnitude (+1.42 +- 0.40, +0.67 +- 0.42, +1.75 +- 0.50), both Taylor criteria (+0.98 to +2.38) and random (+3.84 to +11.56) of the stride-1 run; anp at stride 5 minus stride 1: +0.52 +- 0.33, -0.26 +- 0.37, +0.46 +- 0.46 | 85% met; level with lobs, not ahead |
 | A, the same (stride 5, first layer and head dense) from the dense model meta-trained 900 more iterations x 8 tasks (96.32% instead of 94.99%; all six methods; item 14) | anp at 85% within 1.0 of dense; anp >= every baseline | -0.85 +- 0.28 (90%: -1.95 +- 0.33, 95%: -4.33 +- 0.43); level with lobs (+0.07 +- 0.28, -0.31 +- 0.33, -0.13 +- 0.45), ahead of magnitude (+0.97 +- 0.36, +0.91 +- 0.38, +1.16 +- 0.55), taylor-meta (+0.68 to +1.11), taylor-meta-fo (+0.66 to +1.03) and random (+3.90 to +8.82) | 85% met; level with lobs, not ahead |
 | A, the same from the dense model meta-trained 2700 more iterations x 8 tasks (96.97%; all six methods; item 14) | anp at 85% within 1.0 of dense; anp >= every baseline | -1.79 +- 0.33 (90%: -2.82 +- 0.34, 95%: -6.16 +- 0.47); level with lobs (+0.02 +- 0.30, -0.01 +- 0.37, -0.30 +- 0.55), ahead of magnitude (+1.08 +- 0.37, +2.05 +- 0.45, +1.12 +- 0.55), taylor-meta-fo (+1.27 +- 0.40, +1.49 +- 0.45, +0.73 +- 0.55) and random (+4.11 to +9.16), level with taylor-meta at 85% (+0.17 +- 0.37) and ahead of it at 90-95% (+0.96 +- 0.42, +1.09 +- 0.55) | 85% missed; level with lobs, not ahead |
+| A, the same from dense+2700 with 100 re-training iterations per round (anp and lobs; item 14) | anp at 85% within 1.0 of dense; anp >= lobs | -1.27 +- 0.31 (90%: -2.18 +- 0.35, 95%: -5.29 +- 0.45); level with lobs (-0.02 +- 0.31, +0.11 +- 0.37, -0.00 +- 0.50) | 85% met by the CI only; level with lobs |
 | A, structured: whole channels removed (`anp-structured`, 84.6% of the weights; item 9) | anp at 85% within 1.0 of dense | -0.69 +- 0.35 (90%: -0.99 +- 0.34, 95%: -2.41 +- 0.38); L1-norm channels -0.74, a narrow Conv4 trained from scratch on as many tasks -0.28 +- 0.34 | met, but not by ANP alone |
 | B: Omniglot 20-way 1-shot | anp at 85% within 1.0 of dense | -10.09 +- 0.32 | missed |
 | B | anp >= every baseline at 85, 90, 95% | far ahead of magnitude (+7.62, +12.55, +9.57) and random (+7.55, +16.03, +14.48), but behind taylor-meta (-3.48, -3.29, -15.36), taylor-meta-fo (-1.64, -2.42, -12.35) and, at 85-90%, lobs (-2.42, -1.34; +2.68 at 95%) | missed |
@@ -385,7 +386,14 @@ Why A and B miss, as far as we found (setting A unless said):
    [mask_overlap_A_d2700_enddense_ps5.md](results/mask_overlap_A_d2700_enddense_ps5.md)).
    Re-training brings the two masks to the same accuracy. In our runs an under-trained dense
    model does not hide a lead of ANP over L-OBS. A dense model nearer the published accuracy
-   would need a re-training budget that grows with it.
+   would need a re-training budget that grows with it. From dense+2700 with 100 instead of 40
+   re-training iterations per round (anp and lobs,
+   [sparsity_A_d2700_enddense_ps5_r100.md](results/sparsity_A_d2700_enddense_ps5_r100.md)),
+   anp at 85% is -1.27 +- 0.31 of dense, so the 1-point target is met by the CI only
+   (90%: -2.18 +- 0.35, 95%: -5.29 +- 0.45). That is +0.52 +- 0.33, +0.63 +- 0.38 and
+   +0.88 +- 0.49 over 40 per round, and L-OBS is again level (-0.02 +- 0.31, +0.11 +- 0.37,
+   -0.00 +- 0.50;
+   [paired](results/sparsity_A_d2700_enddense_ps5_r100_anp_vs_baselines.md)).
 
 We kept the method's defaults: every Conv2d and Linear pruned, damping 1e-4, H from support
 and query, compensation on, H from every 5th conv patch. For damping, H data, the weights the
