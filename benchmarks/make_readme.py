@@ -394,15 +394,26 @@ Why A and B miss, as far as we found (setting A unless said):
    +0.88 +- 0.49 over 40 per round, and L-OBS is again level (-0.02 +- 0.31, +0.11 +- 0.37,
    -0.00 +- 0.50;
    [paired](results/sparsity_A_d2700_enddense_ps5_r100_anp_vs_baselines.md)).
+   The loss at 95% from the better-trained models is not the OBS compensation. Without it
+   (anp and lobs from dense+2700, 40 per round,
+   [sparsity_A_d2700_enddense_ps5_nocomp.md](results/sparsity_A_d2700_enddense_ps5_nocomp.md)),
+   anp is -2.54 +- 0.37 of dense at 85%, -3.85 +- 0.42 at 90% and -6.11 +- 0.46 at 95%:
+   minus anp with compensation that is -0.75 +- 0.37, -1.03 +- 0.41 and +0.06 +- 0.51
+   ([paired](results/sparsity_A_d2700_enddense_ps5_nocomp_anp_vs_baselines.md)). Here
+   compensation helps at 85-90% and is neutral at 95%, unlike items 5 and 13, where it was
+   neutral at 85% and harmful at 90-95%. L-OBS without compensation is level with anp without
+   it again (+0.11 +- 0.39, -0.60 +- 0.42, +0.31 +- 0.52).
 
 We kept the method's defaults: every Conv2d and Linear pruned, damping 1e-4, H from support
 and query, compensation on, H from every 5th conv patch. For damping, H data, the weights the
 saliency uses and BatchNorm handling, the alternatives are worse; so is a conv patch stride
 of 1 after re-training, and 60 scoring tasks instead of 20 make no difference (item 12).
 Dropping the OBS compensation in the iterative schedule changes nothing at 85% and helps at
-90-95% (A: +7.16 at 95%; B: +0.59 at 90%, +2.32 at 95%; items 5 and 13). It stays an option
-(`--compensation none`), not the default: the method defines it, and pruned once it is worth
-7 points at 85% (item 1). Three things explain most of the gap to the dense model at 85%:
+90-95% with the original dense models (A: +7.16 at 95%; B: +0.59 at 90%, +2.32 at 95%; items
+5 and 13). From the dense model trained longest, with the first layer and head dense, it costs
+0.75 +- 0.37 and 1.03 +- 0.41 points at 85-90% and is neutral at 95% (item 14). So the sign
+depends on the configuration. It stays an option (`--compensation none`), not the default:
+the method defines it, and pruned once it is worth 7 points at 85% (item 1). Three things explain most of the gap to the dense model at 85%:
 
 - the first conv layer, pruned like the others (item 8). Keeping it and the head dense meets
   the 1-point target (-0.64 +- 0.35);
