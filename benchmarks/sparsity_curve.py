@@ -144,12 +144,11 @@ def main() -> None:
     learner = (load_checkpoint(dense_ck, device=args.device).learner if done
                else make_learner(cfg, train_data, args.device))
     t0 = time.perf_counter()
-    # an adopted checkpoint is used as it is: no further dense training
-    meta_train(learner, sampler, done if args.dense_from else iterations,
-               cfg["train"]["meta_batch"], start_iteration=done,
-               checkpoint_path=dense_ck, checkpoint_every=250,
-               meta={"config": cfg, "data": cfg["data"], "kind": "dense"},
-               device=args.device, progress=progress, desc="dense")
+    if not args.dense_from:  # an adopted checkpoint is used as it is
+        meta_train(learner, sampler, iterations, cfg["train"]["meta_batch"],
+                   start_iteration=done, checkpoint_path=dense_ck, checkpoint_every=250,
+                   meta={"config": cfg, "data": cfg["data"], "kind": "dense"},
+                   device=args.device, progress=progress, desc="dense")
     dense_doc = json.loads((run / "dense.json").read_text())
     timings["dense_train"] = dense_doc.get("train_seconds", time.perf_counter() - t0)
     args.dense_meta_batch = dense_doc["config"]["train"]["meta_batch"]
