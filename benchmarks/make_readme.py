@@ -413,7 +413,8 @@ Dropping the OBS compensation in the iterative schedule changes nothing at 85% a
 5 and 13). From the dense model trained longest, with the first layer and head dense, it costs
 0.75 +- 0.37 and 1.03 +- 0.41 points at 85-90% and is neutral at 95% (item 14). So the sign
 depends on the configuration. It stays an option (`--compensation none`), not the default:
-the method defines it, and pruned once it is worth 7 points at 85% (item 1). Three things explain most of the gap to the dense model at 85%:
+the method defines it, and pruned once it is worth 7 points at 85% (item 1). Three things
+explain most of the gap to the dense model at 85%:
 
 - the first conv layer, pruned like the others (item 8). Keeping it and the head dense meets
   the 1-point target (-0.64 +- 0.35);
@@ -430,8 +431,8 @@ re-training iterations per round +0.57 +- 0.24 and +0.66 +- 0.27, item 11). In t
 configuration ANP is ahead of all five baselines at 85%, ahead of or level with them at 90%,
 and behind the two Taylor criteria at 95% (about -1.4); without compensation it is ahead of
 all five at every sparsity, but L-OBS without compensation is level with it (item 13).
-Dense models trained longer
-(96.32% and 96.97% on A, 90.73% on B, against 94.99% and 89.37%) do not change this (item 14).
+Dense models trained longer (96.32% and 96.97% on A, 90.73% on B, against 94.99% and 89.37%)
+do not change this (item 14).
 What we could not test is a dense model trained to the published accuracy (MAML 98.7% on
 5-way Omniglot) with the paper's budget: that needs a GPU, which this task did not have.
 
