@@ -8,7 +8,8 @@ Quick use on any ``nn.Module`` wrapped in a learner::
 
 Building blocks: :mod:`.hessian` (layer input Hessians, damped Cholesky inverses),
 :mod:`.criteria` (``get_criterion``), :mod:`.allocation` (exact-count masks, schedules),
-:mod:`.pruner` (rounds, re-meta-training, checkpoints, resume).
+:mod:`.pruner` (rounds, re-meta-training, checkpoints, resume), :mod:`.diagnostics`
+(``adaptation_shift``: how much adaptation changes what ANP sees, against task noise).
 """
 
 from .allocation import (
@@ -37,6 +38,7 @@ from .criteria import (
     obs_compensation,
     obs_saliency,
 )
+from .diagnostics import adaptation_shift
 from .hessian import (
     HessianAccumulator,
     batchnorm_after,
@@ -52,8 +54,8 @@ __all__ = [
     "ANP", "LOBS", "CRITERIA", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE", "DEFAULT_SCHEDULE",
     "H_DATA_CHOICES",
     "Criterion", "HessianAccumulator", "Magnitude", "PruneConfig", "Random", "RoundResult",
-    "Scores", "TaylorMeta", "TaylorMetaFO", "allocate", "batchnorm_after", "cumulative_targets",
-    "damped_inverse",
+    "Scores", "TaylorMeta", "TaylorMetaFO", "adaptation_shift", "allocate", "batchnorm_after",
+    "cumulative_targets", "damped_inverse",
     "exact_count", "get_criterion", "layer_input_rows", "obs_compensation", "obs_saliency",
     "parse_schedule", "prune", "prune_step", "record_hessians", "relative_damping",
     "restore_checkpoint", "select_global", "select_layerwise", "weight_matrix",
