@@ -81,3 +81,24 @@ def test_values_match_the_criteria_and_the_pruner_selection_on_a_masked_learner(
 def test_rejects_empty_batches() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         adaptation_shift(conv_learner(), [], image_tasks(), target=0.5)
+
+
+def test_cli_adaptation_shift_prints_one_row_per_layer(tmp_path, capsys) -> None:
+    from test_pruning_schedule import DATA_OPTS, make_learner
+
+    from metaprune.checkpoint import save_checkpoint
+    from metaprune.cli import main
+
+    learner = make_learner()
+    data = {"dataset": "glyphs", "root": None, "options": DATA_OPTS, "n_way": 3, "k_shot": 1,
+            "q_query": 2, "train_split": "train", "test_split": "test"}
+    save_checkpoint(tmp_path / "dense", learner, {"data": data, "config": {"data": data}})
+    assert main(["adaptation-shift", str(tmp_path / "dense"), "--tasks", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = prunable_weights(learner.model)
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[1:1 + len(names)]}
+    assert list(rows) == names
+    assert float(rows[names[0]][2]) == 0.0  # dH_adapt of the first layer: the images
+    assert all(float(rows[n][2]) > 0 for n in names[1:])
+    assert main(["adaptation-shift", str(tmp_path / "dense"), "--target", "1.5"]) == 2
+    assert "--target" in capsys.readouterr().err

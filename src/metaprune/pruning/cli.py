@@ -1,4 +1,5 @@
-"""``metaprune prune CHECKPOINT --method anp --sparsity 0.85 --out DIR``."""
+"""``metaprune prune CHECKPOINT --method anp --sparsity 0.85 --out DIR`` and
+``metaprune adaptation-shift CHECKPOINT`` (does ANP see anything L-OBS does not?)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .criteria import (
     H_DATA_CHOICES,
     OBS_WEIGHTS_CHOICES,
 )
-from .pruner import PruneConfig, prune
+from .pruner import SCORE_TASK_OFFSET, PruneConfig, prune
 from .structured import STRUCTURED_METHODS
 
 
@@ -76,6 +77,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_prune)
 
+    s = sub.add_parser(
+        "adaptation-shift", help="does adaptation-awareness matter for this checkpoint? "
+        "ANP's H against L-OBS's H per layer, next to the scoring-task noise",
+        description="For each prunable layer: how far the inner loop moves the weights, how "
+        "much it changes the layer-input Hessian H that anp uses (against lobs's un-adapted "
+        "H), and how many of the weights anp would prune next lobs would prune too; each next "
+        "to the same number for two disjoint batches of scoring tasks. Where the adapted and "
+        "the task-noise columns are alike, anp and lobs make the same decisions up to noise.")
+    s.add_argument("checkpoint", help="a dense or partly pruned checkpoint")
+    s.add_argument("--target", type=float, default=0.1,
+                   help="sparsity of the next pruning step whose decisions are compared "
+                   "(default 0.1, the first round of the default schedule)")
+    s.add_argument("--tasks", type=int, default=20, help="scoring tasks per batch (default 20)")
+    s.add_argument("--h-data", choices=H_DATA_CHOICES, default=DEFAULT_H_DATA)
+    s.add_argument("--damping", type=float, default=1e-4)
+    s.add_argument("--patch-stride", type=int, default=DEFAULT_PATCH_STRIDE)
+    s.add_argument("--seed", type=int, default=0, help="seed of the scoring task stream")
+    s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    s.set_defaults(func=cmd_adaptation_shift)
+
 
 STRUCTURED = "anp-structured"
 
@@ -119,7 +140,8 @@ def _layer_ratios(items: list[str]) -> dict[str, float] | None:
     return out or None
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
+def _checkpoint_and_sampler(args: argparse.Namespace):
+    """The checkpoint on ``args.device`` and a sampler over the training data it records."""
     from ..checkpoint import load_checkpoint
     from ..data.tasks import TaskSampler
 
@@ -130,11 +152,41 @@ def cmd_prune(args: argparse.Namespace) -> int:
     data = ck.meta.get("data") or (ck.meta.get("config") or {}).get("data")
     if not data:
         raise ValueError(f"checkpoint '{args.checkpoint}' records no training data "
-                         "(sidecar key 'data'); prune it from Python with metaprune.pruning.prune")
-    dataset = _dataset(data)
-    sampler = TaskSampler(dataset, int(data["n_way"]), int(data["k_shot"]),
+                         "(sidecar key 'data'); use metaprune.pruning from Python")
+    sampler = TaskSampler(_dataset(data), int(data["n_way"]), int(data["k_shot"]),
                           int(data["q_query"]), seed=args.seed,
                           name=f"{data['dataset']}/{data.get('train_split', 'train')}")
+    return ck, sampler, device
+
+
+def cmd_adaptation_shift(args: argparse.Namespace) -> int:
+    from .diagnostics import adaptation_shift
+
+    if not 0 < args.target <= 1:
+        raise ValueError(f"--target must be in (0, 1], got {args.target}")
+    if args.tasks < 1:
+        raise ValueError(f"--tasks must be >= 1, got {args.tasks}")
+    ck, sampler, device = _checkpoint_and_sampler(args)
+    start = SCORE_TASK_OFFSET
+    tasks_a = [t.to(device) for t in sampler.batch(start, args.tasks)]
+    tasks_b = [t.to(device) for t in sampler.batch(start + args.tasks, args.tasks)]
+    rows = adaptation_shift(ck.learner, tasks_a, tasks_b, args.target, h_data=args.h_data,
+                            damping=args.damping, patch_stride=args.patch_stride)
+    cols = ["weight_change", "dH_adapt", "dH_tasks", "agree_adapt", "agree_tasks"]
+    width = max(len(r["layer"]) for r in rows)
+    print(f"{'layer':<{width}}  {'sparsity':>8}  " + "  ".join(f"{c:>13}" for c in cols))
+    for r in rows:
+        print(f"{r['layer']:<{width}}  {r['sparsity']:>8.3f}  "
+              + "  ".join(f"{r[c]:>13.4f}" for c in cols))
+    print(f"dH: relative change of the layer-input Hessian, anp vs lobs (adapt) and lobs on two "
+          f"disjoint batches of {args.tasks} tasks (tasks); agree: share of the weights anp "
+          f"would prune to {args.target:.0%} that lobs (adapt) or anp on the other batch "
+          "(tasks) would prune too")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    ck, sampler, device = _checkpoint_and_sampler(args)
     train_cfg = (ck.meta.get("config") or {}).get("train") or {}
     meta_batch = args.meta_batch or int(train_cfg.get("meta_batch", 4))
     if args.method in STRUCTURED_METHODS:
