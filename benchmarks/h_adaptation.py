@@ -135,7 +135,7 @@ def main() -> None:
              "`pruned_in_run`: whether the run prunes this layer.\n\n## Summary\n\n"
              "Hidden layers: the layers the run prunes other than the first layer and the "
              "head (means over them); head: the last layer (pruned by the run or not).\n\n"
-             + markdown_table(summary(rows)) + "\n## Per layer\n")
+             + markdown_table(summary(rows)) + "\n\n## Per layer\n")
     write_results(Path(args.results_dir) / args.name,
                   "Adapted vs un-adapted H: what separates ANP from L-OBS", notes, rows)
 
