@@ -28,7 +28,7 @@ from pathlib import Path
 
 from _report import RESULTS, markdown_table, write_results
 
-from metaprune.checkpoint import load_checkpoint
+from metaprune.checkpoint import load_checkpoint, read_meta
 from metaprune.experiment import load_split, train_sampler
 from metaprune.masks import prunable_weights
 from metaprune.pruning.diagnostics import adaptation_shift
@@ -38,25 +38,15 @@ from metaprune.pruning.pruner import SCORE_TASK_OFFSET
 OTHER_BATCH_OFFSET = 1_000_000
 
 
-def next_target(run_meta: dict, state: str) -> float:
-    """The cumulative sparsity that the round after ``state`` prunes to (dense: round 1)."""
-    targets = run_meta["pruning"]["targets"]
-    rnd = 0 if state == "dense" else int(state.split("round")[-1])
-    if rnd >= len(targets):
-        raise SystemExit(f"state '{state}' is the last round ({len(targets)}): no next round")
-    return targets[rnd]
-
-
 def measure_run(run: Path, states: list[str], score_tasks: int, rows: list[dict]) -> str:
     """Append the rows of each state of one run; return its one-line description."""
-    dense = load_checkpoint(run / "dense", with_optimizer=False)
-    cfg = dense.meta["config"]
+    cfg = read_meta(run / "dense")["config"]
     sampler = train_sampler(cfg, load_split(cfg["data"], "train_split"))
-    some_round = next(iter(sorted(run.glob("anp/round01.json"))), None)
-    if some_round is None:
-        raise SystemExit(f"{run}/anp/round01.json: missing (the run's pruning options are "
-                         "read from it)")
-    run_meta = json.loads(some_round.read_text())
+    first_round = run / "anp" / "round01.json"
+    if not first_round.exists():
+        raise SystemExit(f"{first_round}: missing (the run's pruning options are read from it)")
+    run_meta = json.loads(first_round.read_text())
+    targets = run_meta["pruning"]["targets"]
     opts = {k: v for k, v in run_meta["pruning"]["criterion_options"].items()
             if k in ("h_data", "damping", "patch_stride")}
     include = {k: run_meta["pruning"].get(k, True) for k in ("include_first", "include_last")}
@@ -65,8 +55,11 @@ def measure_run(run: Path, states: list[str], score_tasks: int, rows: list[dict]
         learner = load_checkpoint(path, with_optimizer=False).learner
         pruned_names = set(prunable_weights(learner.model, **include))
         names = prunable_weights(learner.model)
-        target = next_target(run_meta, state)
         rnd = 0 if state == "dense" else int(state.split("round")[-1])
+        if rnd >= len(targets):
+            raise SystemExit(f"state '{state}' is the last round ({len(targets)}): no next "
+                             "round")
+        target = targets[rnd]  # the cumulative sparsity the next round prunes to
         # the run's own scoring tasks of the next round, and a disjoint second batch
         start_a = SCORE_TASK_OFFSET + rnd * score_tasks
         tasks_a = sampler.batch(start_a, score_tasks)
