@@ -499,7 +499,9 @@ Dense models trained longer (96.32% and 96.97% on A, 90.73% on B, against 94.99%
 do not change this (item 14). The reason is in item 15: with second-order MAML on Omniglot the
 inner loop barely changes the inputs of the pruned conv layers, so ANP's H is L-OBS's H up to
 the scoring-task noise. With first-order MAML, whose inner loop does change them, L-OBS
-collapses at 80-85% with every layer pruned and ANP keeps within 1.88 points of dense.
+collapses at 80-85% with every layer pruned and ANP keeps within 1.88 points of dense
+(but from that under-trained dense model random pruning does as well, and the exact Taylor
+meta-gradient criterion better).
 What we could not test is a dense model trained to the published accuracy (MAML 98.7% on
 5-way Omniglot) with the paper's budget: that needs a GPU, which this task did not have.
 
