@@ -473,9 +473,8 @@ Why A and B miss, as far as we found (setting A unless said):
 16. **Setting A with first-order MAML meta-trained longer: ANP is far ahead of L-OBS, magnitude
    and random pruning, but behind the Taylor meta-gradient criteria at 85-90%, and the OBS
    compensation of the head is what hurts it.** The issue lets A use first- or second-order
-   MAML. Before this run we wrote down what item 15 predicts for first-order MAML with every
-   layer pruned: anp far ahead of lobs, ahead of magnitude, within about 2 points of dense at
-   85%. First-order MAML was meta-trained for A's default 3000 iterations (8 tasks each;
+   MAML. What item 15 predicts for first-order MAML with every layer pruned: anp far ahead of
+   lobs, ahead of magnitude, within about 2 points of dense at 85%. First-order MAML was meta-trained for A's default 3000 iterations (8 tasks each;
    88.30%, against 81.72% after 1000) and pruned by all six methods with 100 re-training
    iterations per round to 95% ([sparsity_E-fomaml_d3000.md](results/sparsity_E-fomaml_d3000.md),
    [paired](results/sparsity_E-fomaml_d3000_anp_vs_baselines.md); about 29 minutes for the
