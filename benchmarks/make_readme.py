@@ -90,8 +90,8 @@ fixed test tasks; "met" means the CI includes the threshold):
 | E: ProtoNet | within 2.0 | -0.85 +- 0.25 (magnitude -1.92 +- 0.30) | met |
 | E: first-order MAML | within 2.0 | -1.88 +- 0.72 (magnitude -12.77) | met |
 | E: first-order MAML, every layer pruned, all criteria (item 15) | anp >= every baseline at 85% (not a target of E) | ahead of lobs by +49.09 +- 1.11 (lobs collapses to chance at 80%; a second pruning seed: +45.96 +- 0.99), of magnitude by +10.89 +- 0.87 and of taylor-meta-fo by +2.52 +- 0.81; level with random (+0.26 +- 0.69), behind taylor-meta (-3.77 +- 0.66) | missed (random and taylor-meta) |
-| E: first-order MAML meta-trained 3000 x 8 (88.30%), every layer pruned, 100 re-training iterations per round, all six methods (item 16) | anp at 85% within 2.0 of dense; anp >= every baseline at 85, 90, 95% | -3.06 +- 0.60 (90%: -9.41 +- 0.72, 95%: collapse to 20.0%); ahead of lobs (+65.24 +- 0.68 at 85%; lobs collapses from 85%), magnitude (+12.59 +- 0.88, +25.08 +- 0.97) and random (+4.30 +- 0.64, +5.17 +- 0.81) at 85-90%; behind taylor-meta-fo (-3.22 +- 0.57, -6.01 +- 0.71) and taylor-meta (-2.37 +- 0.54, -6.48 +- 0.69); at 95% behind every baseline but lobs; without compensation no collapse at 95%, the same order at 85-90% | missed |
-| the same, first layer and head dense (item 16) | anp at 85% within 2.0 of dense; anp >= every baseline | -1.71 +- 0.55 (90%: -5.12 +- 0.73, 95%: -18.77 +- 1.12); ahead of taylor-meta-fo (+2.08 +- 0.64, +2.01 +- 0.86), magnitude (+1.80 +- 0.63, +2.96 +- 0.92) and random (+9.92 +- 0.81, +12.56 +- 0.95) at 85-90%; behind lobs (-0.65 +- 0.50, -1.45 +- 0.76); at 95% level with lobs and magnitude, behind taylor-meta-fo (-3.16 +- 1.29); taylor-meta not run | 2-point target met; behind lobs |
+| E: first-order MAML meta-trained 3000 x 8 (88.30%), every layer pruned, 100 re-training iterations per round, all six methods (item 16) | anp at 85% within 2.0 of dense; anp >= every baseline at 85, 90, 95% | -3.06 +- 0.60 (90%: -9.41 +- 0.72, 95%: collapse to 20.0%); ahead of lobs (+65.24 +- 0.68 at 85%; lobs collapses from 85%), magnitude (+12.59 +- 0.88, +25.08 +- 0.97) and random (+4.30 +- 0.64, +5.17 +- 0.81) at 85-90%; behind taylor-meta-fo (-3.22 +- 0.57, -6.01 +- 0.71) and taylor-meta (-2.37 +- 0.54, -6.48 +- 0.69); at 95% behind every baseline but lobs; without compensation (anp and lobs) no collapse of anp at 95%, anp ahead of lobs without compensation (+3.26 +- 0.64, +30.67 +- 1.02, +24.84 +- 1.34), still behind both Taylor criteria at 85-90% | missed |
+| the same, first layer and head dense (item 16) | anp at 85% within 2.0 of dense; anp >= every baseline | -1.71 +- 0.55 (90%: -5.12 +- 0.73, 95%: -18.77 +- 1.12); ahead of taylor-meta-fo (+2.08 +- 0.64, +2.01 +- 0.86), magnitude (+1.80 +- 0.63, +2.96 +- 0.92) and random (+9.92 +- 0.81, +12.56 +- 0.95) at 85-90%; behind lobs (-0.65 +- 0.50, -1.45 +- 0.76); at 95% level with lobs and magnitude, behind taylor-meta-fo (-3.16 +- 1.29); level with taylor-meta at 85% (+0.29 +- 0.62), behind it at 90-95% (-1.74 +- 0.78, -8.54 +- 1.23) | 2-point target met; behind lobs and taylor-meta |
 | E: Reptile | within 2.0 | -2.13 +- 0.65 (magnitude -5.93) | met by the CI only |
 
 Where the CPU-budget models are weak the comparison says little about the paper's scale: the
@@ -506,13 +506,18 @@ Why A and B miss, as far as we found (setting A unless said):
    [paired](results/sparsity_E-fomaml_d3000_nocomp_anp_vs_baselines.md)) is level with anp
    with it at 50-90% (-0.48 +- 0.30 to +0.76 +- 0.78) and does not collapse at 95% (53.36%,
    +33.36 +- 1.22), but the Taylor criteria stay ahead at 85-90% (-3.88 +- 0.61 and
-   -3.03 +- 0.56 at 85%). With the first layer and head dense
+   -3.03 +- 0.56 at 85%). lobs without compensation (same run) no longer collapses at 85%
+   (-6.98 +- 0.66 of dense) but falls to 48.99% at 90%, and anp without compensation is ahead
+   of it by +3.26 +- 0.64, +30.67 +- 1.02 and +24.84 +- 1.34 at 85/90/95%. So with every layer
+   pruned the adapted H itself, not only lobs's compensation, keeps anp ahead of L-OBS; on B
+   (item 13, first layer and head dense) the two were level without compensation.
+   With the first layer and head dense
    ([sparsity_E-fomaml_d3000_enddense.md](results/sparsity_E-fomaml_d3000_enddense.md),
-   [paired](results/sparsity_E-fomaml_d3000_enddense_anp_vs_baselines.md); taylor-meta not
-   run), anp is -1.71 +- 0.55 of dense at 85% (E's 2-point target met), and ahead of
+   [paired](results/sparsity_E-fomaml_d3000_enddense_anp_vs_baselines.md)), anp is -1.71 +- 0.55 of dense at 85% (E's 2-point target met), and ahead of
    taylor-meta-fo (+2.08 +- 0.64, +2.01 +- 0.86), magnitude (+1.80 +- 0.63, +2.96 +- 0.92) and random (+9.92 +- 0.81, +12.56 +- 0.95) at
    85-90%; but lobs is ahead of it (-0.65 +- 0.50, -1.45 +- 0.76; lobs is -1.06 +- 0.53 of dense at
-   85%), and at 95% taylor-meta-fo is (-3.16 +- 1.29). On this model adaptation moves the
+   85%); taylor-meta is level at 85% (+0.29 +- 0.62) and ahead at 90-95% (-1.74 +- 0.78,
+   -8.54 +- 1.23), and at 95% taylor-meta-fo is too (-3.16 +- 1.29). On this model adaptation moves the
    hidden layers' H by 0.377 (task noise 0.053) at the dense model and 0.505 (0.056) at 80%
    with the ends dense, and anp and lobs agree on 73% of the next weights to prune (two task
    batches: 85%; [h_adaptation_E-fomaml_d3000.md](results/h_adaptation_E-fomaml_d3000.md)).
