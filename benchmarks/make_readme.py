@@ -471,8 +471,9 @@ Why A and B miss, as far as we found (setting A unless said):
    that is the case for the second-order MAML models of A and B.
 
 16. **Setting A with first-order MAML meta-trained longer: ANP is far ahead of L-OBS, magnitude
-   and random pruning, but behind the Taylor meta-gradient criteria at 85-90%, and the OBS
-   compensation of the head is what hurts it.** The issue lets A use first- or second-order
+   and random pruning, but behind the Taylor meta-gradient criteria at 85-90%. The OBS
+   compensation of the head hurts it when pruning once and makes it collapse at 95%; it does
+   not explain the gap to the Taylor criteria.** The issue lets A use first- or second-order
    MAML. What item 15 predicts for first-order MAML with every layer pruned: anp far ahead of
    lobs, ahead of magnitude, within about 2 points of dense at 85%. First-order MAML was meta-trained for A's default 3000 iterations (8 tasks each;
    88.30%, against 81.72% after 1000) and pruned by all six methods with 100 re-training
@@ -497,8 +498,8 @@ Why A and B miss, as far as we found (setting A unless said):
    layer's is within 0.75 points of none (the rows with no compensation and with every layer's
    reproduce the one-shot `anp:compensation=none` and `anp` exactly). On A's second-order MAML model the same head
    compensation gains 1.20 +- 0.44 and 2.78 +- 0.86, and on the 1000-iteration first-order
-   model it is neutral at 30% and costs 1.39 +- 0.78 at 50%. OBS keeps the un-adapted head's
-   outputs; that is a good starting point for the inner loop where the meta-learned head
+   model it is neutral at 30% and costs 1.39 +- 0.78 at 50%. The compensation keeps the logits of the
+   meta-initialised head (before the inner loop); that is a good starting point for the inner loop where the meta-learned head
    is one (second-order MAML), and a harmful one where the inner loop rewrites the head most
    (first-order MAML, item 15: the head's H moves 0.76-0.96 under adaptation). With the
    iterative schedule and re-training, anp without compensation
