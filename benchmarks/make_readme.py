@@ -90,7 +90,7 @@ fixed test tasks; "met" means the CI includes the threshold):
 | E: ProtoNet | within 2.0 | -0.85 +- 0.25 (magnitude -1.92 +- 0.30) | met |
 | E: first-order MAML | within 2.0 | -1.88 +- 0.72 (magnitude -12.77) | met |
 | E: first-order MAML, every layer pruned, all criteria (item 15) | anp >= every baseline at 85% (not a target of E) | ahead of lobs by +49.09 +- 1.11 (lobs collapses to chance at 80%; a second pruning seed: +45.96 +- 0.99), of magnitude by +10.89 +- 0.87 and of taylor-meta-fo by +2.52 +- 0.81; level with random (+0.26 +- 0.69), behind taylor-meta (-3.77 +- 0.66) | missed (random and taylor-meta) |
-| E: first-order MAML meta-trained 3000 x 8 (88.30%), every layer pruned, 100 re-training iterations per round, all six methods (item 16) | anp at 85% within 2.0 of dense; anp >= every baseline at 85, 90, 95% | -3.06 +- 0.60 (90%: -9.41 +- 0.72, 95%: collapse to 20.0%); ahead of lobs (+65.24 +- 0.68 at 85%; lobs collapses from 85%), magnitude (+12.59 +- 0.88, +25.08 +- 0.97) and random (+4.30 +- 0.64, +5.17 +- 0.81) at 85-90%; behind taylor-meta-fo (-3.22 +- 0.57, -6.01 +- 0.71) and taylor-meta (-2.37 +- 0.54, -6.48 +- 0.69); at 95% behind every baseline but lobs; without compensation (anp and lobs) no collapse of anp at 95%, anp ahead of lobs without compensation (+3.26 +- 0.64, +30.67 +- 1.02, +24.84 +- 1.34), still behind both Taylor criteria at 85-90% | missed |
+| E: first-order MAML meta-trained 3000 x 8 (88.30%), every layer pruned, 100 re-training iterations per round, all six methods (item 16) | anp at 85% within 2.0 of dense; anp >= every baseline at 85, 90, 95% | -3.06 +- 0.60 (90%: -9.41 +- 0.72, 95%: collapse to 20.0%); ahead of lobs (+65.24 +- 0.68 at 85%; lobs collapses from 85%), magnitude (+12.59 +- 0.88, +25.08 +- 0.97) and random (+4.30 +- 0.64, +5.17 +- 0.81) at 85-90%; behind taylor-meta-fo (-3.22 +- 0.57, -6.01 +- 0.71) and taylor-meta (-2.37 +- 0.54, -6.48 +- 0.69); at 95% behind every baseline but lobs; without compensation (anp and lobs) no collapse of anp at 95%, anp ahead of lobs without compensation (+3.26 +- 0.64, +30.67 +- 1.02, +24.84 +- 1.34), still behind both Taylor criteria at 85-90%; a second pruning seed: anp -3.34 +- 0.63, anp minus taylor-meta-fo -3.71 +- 0.56 at 85% | missed |
 | the same, first layer and head dense (item 16) | anp at 85% within 2.0 of dense; anp >= every baseline | -1.71 +- 0.55 (90%: -5.12 +- 0.73, 95%: -18.77 +- 1.12); ahead of taylor-meta-fo (+2.08 +- 0.64, +2.01 +- 0.86), magnitude (+1.80 +- 0.63, +2.96 +- 0.92) and random (+9.92 +- 0.81, +12.56 +- 0.95) at 85-90%; behind lobs (-0.65 +- 0.50, -1.45 +- 0.76); at 95% level with lobs and magnitude, behind taylor-meta-fo (-3.16 +- 1.29); level with taylor-meta at 85% (+0.29 +- 0.62), behind it at 90-95% (-1.74 +- 0.78, -8.54 +- 1.23) | 2-point target met; behind lobs and taylor-meta |
 | E: Reptile | within 2.0 | -2.13 +- 0.65 (magnitude -5.93) | met by the CI only |
 
@@ -486,7 +486,11 @@ Why A and B miss, as far as we found (setting A unless said):
    +65.24 +- 0.68), and anp is far ahead of magnitude (+12.59 +- 0.88, +25.08 +- 0.97 at
    85-90%) and ahead of random (+4.30 +- 0.64, +5.17 +- 0.81). Not predicted: both Taylor
    criteria are ahead of anp at 85-90% (taylor-meta-fo +3.22 +- 0.57 and +6.01 +- 0.71;
-   taylor-meta +2.37 +- 0.54 and +6.48 +- 0.69).
+   taylor-meta +2.37 +- 0.54 and +6.48 +- 0.69). Another pruning seed (`train.seed=1`, anp
+   and taylor-meta-fo to 90%, [sparsity_E-fomaml_d3000_seed1.md](results/sparsity_E-fomaml_d3000_seed1.md),
+   [paired](results/sparsity_E-fomaml_d3000_seed1_anp_vs_baselines.md)) repeats it: anp
+   -3.34 +- 0.63 of dense at 85%, taylor-meta-fo +0.37 +- 0.52, anp minus taylor-meta-fo
+   -3.71 +- 0.56 (90%: anp 60.17%, -18.41 +- 0.89 behind taylor-meta-fo).
    Pruned once ([oneshot_E-fomaml_d3000.md](results/oneshot_E-fomaml_d3000.md), 300 tasks)
    anp is the worst criterion but random at 30% (-12.59 points; magnitude -2.09, lobs -2.74),
    while without compensation it is the best at 50% (-5.68; magnitude -8.03, taylor-meta-fo
