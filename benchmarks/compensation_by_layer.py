@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-import torch
 from _report import RESULTS, cached_evaluation, write_results
 
 from metaprune.checkpoint import load_checkpoint
@@ -28,7 +28,7 @@ from metaprune.experiment import load_split, train_sampler
 from metaprune.masks import prunable_weights
 from metaprune.pruning import PruneConfig
 from metaprune.pruning.allocation import allocate
-from metaprune.pruning.pruner import _score_tasks
+from metaprune.pruning.pruner import scoring_tasks
 
 
 def main() -> None:
@@ -41,65 +41,63 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="results file stem")
     ap.add_argument("--results-dir", default=str(RESULTS))
     args = ap.parse_args()
+    sparsities = [float(x) for x in args.sparsity.split(",")]
     rows: list[dict] = []
     for run_dir in args.run_dir:
-        for s in map(float, args.sparsity.split(",")):
-            rows += _one_run(Path(run_dir), args.method, s, args.tasks)
+        for part in _one_run(Path(run_dir), args.method, sparsities, args.tasks):
+            rows += part
             _write(args, rows)
 
 
-def _one_run(run: Path, method: str, sparsity: float, n_tasks: int) -> list[dict]:
+def _one_run(run: Path, method: str, sparsities: list[float], n_tasks: int
+             ) -> Iterator[list[dict]]:
+    """Score the run's dense model once; yield the rows of each sparsity in turn."""
     dense = load_checkpoint(run / "dense", with_optimizer=False)
     cfg = dense.meta["config"]
-    all_tasks = TaskList.load(run / "test_tasks.json")
-    tasks = TaskList(all_tasks.specs[:n_tasks])
+    tasks = TaskList(TaskList.load(run / "test_tasks.json").specs[:n_tasks])
     test_data = load_split(cfg["data"], "test_split")
     sampler = train_sampler(cfg, load_split(cfg["data"], "train_split"))
     pcfg = PruneConfig(method=method, compensation="joint")
     criterion = pcfg.criterion()
     names = list(prunable_weights(dense.learner.model))
-    scores = criterion.score(dense.learner, _score_tasks(sampler, pcfg, 1, "cpu"), names, seed=0)
-    masks = allocate(scores.scores, sparsity, "layerwise", {})
+    scores = criterion.score(dense.learner, scoring_tasks(sampler, pcfg.tasks, 1), names, seed=0)
     cache = run / "compensation_by_layer"
     cache.mkdir(exist_ok=True)
-
-    def pruned(comp_layers: list[str]):
-        lrn = copy.deepcopy(dense.learner)
-        if comp_layers:
-            criterion.compensate(lrn, scores, {n: masks[n] for n in comp_layers})
-        lrn.set_masks(masks)
-        params = dict(lrn.model.named_parameters())
-        with torch.no_grad():
-            for n, m in masks.items():
-                params[n].mul_(m)
-        return lrn
-
     variants = [("none", [])] + [(n, [n]) for n in names] + [("all", names)]
-    results: dict[str, EvalResult] = {}
-    out = []
-    for label, layers in variants:
-        key = f"{method}_s{sparsity:g}_{label}"
-        results[label] = cached_evaluation(cache / f"{key}.json", tasks, lambda layers=layers:
-                                           evaluate(pruned(layers), test_data, tasks,
-                                                    progress=False))
-        d = paired_difference(results[label], results["none"]) if label != "none" else None
-        row = {"run": run.name, "learner": cfg["learner"]["name"], "method": method,
-               "sparsity": sparsity, "compensated": label,
-               "accuracy": round(100 * results[label].accuracy, 2),
-               "ci95": round(100 * results[label].ci95, 2),
-               "diff_vs_none": None if d is None else round(100 * d.mean, 2),
-               "diff_ci95": None if d is None else round(100 * d.ci95, 2),
-               "tasks": len(tasks)}
-        print(json.dumps(row), flush=True)
-        out.append(row)
-    return out
+    for sparsity in sparsities:
+        masks = allocate(scores.scores, sparsity, "layerwise", {})
+
+        def pruned(comp_layers: list[str], masks=masks):
+            lrn = copy.deepcopy(dense.learner)
+            if comp_layers:
+                criterion.compensate(lrn, scores, {n: masks[n] for n in comp_layers})
+            lrn.set_masks(masks)  # zeroes the pruned weights
+            return lrn
+
+        results: dict[str, EvalResult] = {}
+        out: list[dict] = []
+        for label, layers in variants:
+            key = f"{method}_s{sparsity:g}_{label}"
+            results[label] = cached_evaluation(cache / f"{key}.json", tasks, lambda layers=layers:
+                                               evaluate(pruned(layers), test_data, tasks,
+                                                        progress=False))
+            d = paired_difference(results[label], results["none"]) if label != "none" else None
+            out.append({"run": run.name, "learner": cfg["learner"]["name"], "method": method,
+                        "sparsity": sparsity, "compensated": label,
+                        "accuracy": round(100 * results[label].accuracy, 2),
+                        "ci95": round(100 * results[label].ci95, 2),
+                        "diff_vs_none": None if d is None else round(100 * d.mean, 2),
+                        "diff_ci95": None if d is None else round(100 * d.ci95, 2),
+                        "tasks": len(tasks)})
+            print(json.dumps(out[-1]), flush=True)
+        yield out
 
 
 def _write(args, rows: list[dict]) -> None:
     notes = (f"One-shot `{args.method}` pruning (no re-training) of each run's dense model, "
              "scored once on the pruner's first-round scoring tasks (20 tasks, conv patch "
              "stride 5, H from support and query), layer-wise allocation; the masks are the "
-             "same in every row of a run. `compensated`: the layer(s) whose joint OBS "
+             "same in every row of a run and sparsity. `compensated`: the layer(s) whose joint OBS "
              "compensation is applied before the masks. `diff_vs_none`: paired per-task "
              "difference (points) to the row without any compensation, with its 95% CI, on "
              f"the first {args.tasks} of the run's fixed test tasks.")

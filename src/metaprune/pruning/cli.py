@@ -16,7 +16,7 @@ from .criteria import (
     H_DATA_CHOICES,
     OBS_WEIGHTS_CHOICES,
 )
-from .pruner import SCORE_TASK_OFFSET, PruneConfig, prune
+from .pruner import PruneConfig, prune, scoring_tasks
 from .structured import STRUCTURED_METHODS
 
 
@@ -167,9 +167,8 @@ def cmd_adaptation_shift(args: argparse.Namespace) -> int:
     if args.tasks < 1:
         raise ValueError(f"--tasks must be >= 1, got {args.tasks}")
     ck, sampler, device = _checkpoint_and_sampler(args)
-    start = SCORE_TASK_OFFSET
-    tasks_a = [t.to(device) for t in sampler.batch(start, args.tasks)]
-    tasks_b = [t.to(device) for t in sampler.batch(start + args.tasks, args.tasks)]
+    # the first round's scoring tasks, and the next batch of the same stream
+    tasks_a, tasks_b = (scoring_tasks(sampler, args.tasks, rnd, device) for rnd in (1, 2))
     rows = adaptation_shift(ck.learner, tasks_a, tasks_b, args.target, h_data=args.h_data,
                             damping=args.damping, patch_stride=args.patch_stride)
     cols = ["weight_change", "dH_adapt", "dH_tasks", "agree_adapt", "agree_tasks"]

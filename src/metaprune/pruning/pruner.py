@@ -31,7 +31,7 @@ from .allocation import allocate, cumulative_targets, exact_count, parse_schedul
 from .criteria import DEFAULT_PATCH_STRIDE, Criterion, Random, get_criterion
 
 __all__ = ["PruneConfig", "RoundResult", "prune", "prune_step", "restore_checkpoint",
-           "SCORE_TASK_OFFSET", "RETRAIN_TASK_OFFSET"]
+           "scoring_tasks", "SCORE_TASK_OFFSET", "RETRAIN_TASK_OFFSET"]
 
 # task-index offsets of the sampler streams used for scoring and re-training (disjoint from
 # the dense training stream, which starts at 0)
@@ -94,9 +94,11 @@ class RoundResult:
     compensation: dict[str, float] = field(default_factory=dict)
 
 
-def _score_tasks(sampler: TaskSampler, cfg: PruneConfig, rnd: int, device) -> list[Task]:
-    start = SCORE_TASK_OFFSET + (rnd - 1) * cfg.tasks
-    return [t.to(device) for t in sampler.batch(start, cfg.tasks)]
+def scoring_tasks(sampler: TaskSampler, n_tasks: int, rnd: int,
+                  device: str | torch.device = "cpu") -> list[Task]:
+    """The ``n_tasks`` tasks that score pruning round ``rnd`` (1-based) of ``prune``."""
+    start = SCORE_TASK_OFFSET + (rnd - 1) * n_tasks
+    return [t.to(device) for t in sampler.batch(start, n_tasks)]
 
 
 def prune_step(learner: Learner, criterion: Criterion, tasks: Sequence[Task],
@@ -267,7 +269,7 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         if resume_iter is None:
             ratios = round_ratios(names, target, cfg.sparsity, cfg.layer_ratios)
             ratio = ratios if cfg.layer_ratios else target
-            tasks = _score_tasks(sampler, cfg, rnd, device) if criterion.needs_tasks else []
+            tasks = scoring_tasks(sampler, cfg.tasks, rnd, device) if criterion.needs_tasks else []
             seed = cfg.seed * 1000 + rnd if isinstance(criterion, Random) else rnd
             _, stats = prune_step(learner, criterion, tasks, ratio, names, cfg.allocation, seed)
             resume_iter = first_iter
