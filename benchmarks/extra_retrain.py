@@ -21,20 +21,12 @@ from pathlib import Path
 from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
 from metaprune.checkpoint import load_checkpoint, read_meta
-from metaprune.data.tasks import TaskList
+from metaprune.data.tasks import OffsetSampler, TaskList
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, train_sampler
 from metaprune.training import last_iteration, meta_train
 
 EXTRA_TASK_OFFSET = 500_000_000  # dense training starts at 0, re-training at 1e9, scoring 2e9
-
-
-class _Offset:
-    def __init__(self, base, offset: int):
-        self.base, self.offset = base, offset
-
-    def batch(self, start: int, size: int):
-        return self.base.batch(self.offset + start, size)
 
 
 def main() -> None:
@@ -57,7 +49,7 @@ def main() -> None:
     meta_batch = args.meta_batch or int(cfg["train"]["meta_batch"])
     tasks = TaskList.load(run / "test_tasks.json")
     test_data = load_split(cfg["data"], "test_split")
-    sampler = _Offset(train_sampler(cfg, load_split(cfg["data"], "train_split")),
+    sampler = OffsetSampler(train_sampler(cfg, load_split(cfg["data"], "train_split")),
                       EXTRA_TASK_OFFSET)
     methods = (args.methods.split(",") if args.methods else
                sorted(p.name for p in run.iterdir() if (p / "state.json").exists()))

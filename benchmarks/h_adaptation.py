@@ -29,10 +29,11 @@ from pathlib import Path
 from _report import RESULTS, markdown_table, write_results
 
 from metaprune.checkpoint import load_checkpoint, read_meta
+from metaprune.data.tasks import OffsetSampler
 from metaprune.experiment import load_split, train_sampler
 from metaprune.masks import prunable_weights
 from metaprune.pruning.diagnostics import adaptation_shift
-from metaprune.pruning.pruner import SCORE_TASK_OFFSET
+from metaprune.pruning.pruner import scoring_tasks
 
 # the second task batch starts this far after the run's own scoring tasks (never overlaps them)
 OTHER_BATCH_OFFSET = 1_000_000
@@ -61,9 +62,8 @@ def measure_run(run: Path, states: list[str], score_tasks: int, rows: list[dict]
                              "round")
         target = targets[rnd]  # the cumulative sparsity the next round prunes to
         # the run's own scoring tasks of the next round, and a disjoint second batch
-        start_a = SCORE_TASK_OFFSET + rnd * score_tasks
-        tasks_a = sampler.batch(start_a, score_tasks)
-        tasks_b = sampler.batch(start_a + OTHER_BATCH_OFFSET, score_tasks)
+        tasks_a = scoring_tasks(sampler, score_tasks, rnd + 1)
+        tasks_b = scoring_tasks(OffsetSampler(sampler, OTHER_BATCH_OFFSET), score_tasks, rnd + 1)
         for r in adaptation_shift(learner, tasks_a, tasks_b, target, names, **opts):
             rows.append({"run": run.name, "state": state, "layer": r["layer"],
                          "pruned_in_run": r["layer"] in pruned_names,

@@ -15,6 +15,7 @@ from PIL import Image
 
 from metaprune.data import (
     DataError,
+    OffsetSampler,
     RotatedClasses,
     TaskList,
     TaskSampler,
@@ -60,6 +61,20 @@ def test_sampler_deterministic_from_seed() -> None:
     assert a != c
     t1, t2 = TaskSampler(ds, 5, 1, 3, seed=7).task(3), TaskSampler(ds, 5, 1, 3, seed=7).task(3)
     assert torch.equal(t1.support_x, t2.support_x) and torch.equal(t1.query_x, t2.query_x)
+
+
+def test_offset_sampler_is_a_shifted_view() -> None:
+    ds = glyphs("train", num_classes=12, samples_per_class=6, image_size=12)
+    base = TaskSampler(ds, 5, 1, 3, seed=7)
+    view = OffsetSampler(OffsetSampler(base, 100), 20)  # offsets add up
+    got = view.batch(3, 4)
+    want = base.batch(123, 4)
+    assert [t.spec for t in got] == [t.spec for t in want]
+    assert got[0].spec != base.task(3).spec
+    assert all(torch.equal(a.query_x, b.query_x) for a, b in zip(got, want, strict=True))
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="offset"):
+            OffsetSampler(base, bad)  # type: ignore[arg-type]
 
 
 def test_support_query_disjoint_and_shapes() -> None:

@@ -20,12 +20,12 @@ from .glyphs import glyphs
 from .miniimagenet import miniimagenet
 from .omniglot import omniglot
 from .registry import DATASETS, dataset_options, get_dataset, resolve_data_root
-from .tasks import Task, TaskList, TaskSampler, TaskSpec, build_task
+from .tasks import OffsetSampler, Task, TaskList, TaskSampler, TaskSpec, build_task
 
 __all__ = [
-    "DATASETS", "ClassDataset", "DataError", "FileClassDataset", "RotatedClasses", "Task",
-    "TaskList", "TaskSampler", "TaskSpec", "TensorClassDataset", "build_task", "cifarfs", "cub",
-    "dataset_options", "download_omniglot", "fc100", "get_dataset", "glyphs", "image_folder",
-    "list_class_folders", "load_image", "miniimagenet", "omniglot", "resolve_data_root",
-    "sha256_file", "verify_omniglot_archive", "verify_sha256",
+    "DATASETS", "ClassDataset", "DataError", "FileClassDataset", "OffsetSampler",
+    "RotatedClasses", "Task", "TaskList", "TaskSampler", "TaskSpec", "TensorClassDataset",
+    "build_task", "cifarfs", "cub", "dataset_options", "download_omniglot", "fc100",
+    "get_dataset", "glyphs", "image_folder", "list_class_folders", "load_image", "miniimagenet",
+    "omniglot", "resolve_data_root", "sha256_file", "verify_omniglot_archive", "verify_sha256",
 ]

@@ -89,6 +89,19 @@ class TaskSampler:
         return [self.spec(i) for i in range(count)]
 
 
+class OffsetSampler:
+    """A view of a sampler whose task ``i`` is the base sampler's task ``offset + i``: keeps
+    streams of one sampler (dense training, re-training, scoring) apart without copying it."""
+
+    def __init__(self, base: TaskSampler | OffsetSampler, offset: int):
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+        self.base, self.offset = base, offset
+
+    def batch(self, start: int, size: int) -> list[Task]:
+        return self.base.batch(self.offset + start, size)
+
+
 def build_task(dataset: ClassDataset, spec: TaskSpec) -> Task:
     if max(spec.classes) >= dataset.num_classes:
         raise DataError(f"task uses class {max(spec.classes)} but the dataset has only "

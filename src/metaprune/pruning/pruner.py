@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..checkpoint import paths, read_meta, save_checkpoint
-from ..data.tasks import Task, TaskSampler
+from ..data.tasks import OffsetSampler, Task, TaskSampler
 from ..io import atomic_write_text
 from ..learners import Learner
 from ..masks import Masks, prunable_weights, sparsity_table
@@ -160,16 +160,6 @@ _RESERVED_META = {"format", "version", "model", "learner", "optimizer", "git_com
                   "metrics", "kind", "pruning", "round_result"}
 
 
-class _OffsetSampler:
-    """A view of a sampler whose task ``i`` is the base sampler's task ``offset + i``."""
-
-    def __init__(self, base: TaskSampler, offset: int):
-        self.base, self.offset = base, offset
-
-    def batch(self, start: int, size: int) -> list[Task]:
-        return self.base.batch(self.offset + start, size)
-
-
 def _round_result(learner: Learner, rnd: int, target: float, names: Sequence[str]) -> RoundResult:
     rows = sparsity_table(learner.model, {n: learner.masks[n] for n in names})
     layers = {r["name"]: r["sparsity"] for r in rows if not r["name"].startswith("[")}
@@ -279,7 +269,7 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         hist: list[dict] = []
         if cfg.retrain_iters > 0:
             hist = meta_train(
-                learner, _OffsetSampler(sampler, RETRAIN_TASK_OFFSET), first_iter
+                learner, OffsetSampler(sampler, RETRAIN_TASK_OFFSET), first_iter
                 + cfg.retrain_iters, cfg.meta_batch, start_iteration=resume_iter,
                 checkpoint_path=None if out is None else out / "work",
                 checkpoint_every=cfg.checkpoint_every, meta=rmeta, device=device,

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.tasks import OffsetSampler
 from ..deploy.slim import Conv4Slim
 from ..learners import Learner, build_learner
 from ..masks import Masks
@@ -236,14 +237,6 @@ def schedule(widths: Sequence[int], keep: float, rounds: int) -> list[list[int]]
     return out
 
 
-class _Offset:
-    def __init__(self, base, offset: int):
-        self.base, self.offset = base, offset
-
-    def batch(self, start: int, size: int):
-        return self.base.batch(self.offset + start, size)
-
-
 def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2,
                    retrain_iters: int = 100, meta_batch: int = 4, tasks: int = 20,
                    damping: float = 1e-4, device: str | torch.device = "cpu",
@@ -266,7 +259,7 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
         learner.model.to(device)
         t1 = time.perf_counter()
         if retrain_iters:
-            meta_train(learner, _Offset(sampler, 20_000_000 + r * retrain_iters * meta_batch),
+            meta_train(learner, OffsetSampler(sampler, 20_000_000 + r * retrain_iters * meta_batch),
                        retrain_iters, meta_batch, device=device, progress=progress,
                        desc=f"structured round {r}")
         plans.append(plan)
