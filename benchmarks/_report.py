@@ -40,7 +40,8 @@ def machine() -> dict[str, str]:
         commit = "unknown"
     return {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "cpu": f"{cpu} ({os.cpu_count()} cores)", "gpu": gpu,
-            "torch": torch.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "threads": str(torch.get_num_threads()),
+            "python": platform.python_version(),
             "git_commit": commit}
 
 
@@ -116,7 +117,8 @@ def header(title: str, notes: str = "", command: str | None = None) -> str:
     m = machine()
     lines = [f"# {title}", "", f"- command: `{command or command_line()}`",
              f"- date: {m['date']}", f"- machine: {m['cpu']}; GPU: {m['gpu']}",
-             f"- torch {m['torch']}, Python {m['python']}, git commit {m['git_commit']}"]
+             f"- torch {m['torch']} ({m['threads']} threads in this process), Python "
+             f"{m['python']}, git commit {m['git_commit']}"]
     if notes:
         lines += ["", notes]
     return "\n".join(lines) + "\n"

@@ -153,6 +153,7 @@ def main() -> None:
     timings["dense_train"] = dense_doc.get("train_seconds", time.perf_counter() - t0)
     args.dense_meta_batch = dense_doc["config"]["train"]["meta_batch"]
     args.dense_iterations = int(dense_doc["iteration"])
+    args.run_path = run
 
     def cached_eval(lrn, path: Path, desc: str) -> EvalResult:
         return cached_evaluation(path, tasks, lambda: evaluate(
@@ -343,11 +344,34 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"per-task difference (points) with its "
              f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round "
              f"(dense row: its meta-training time); `eval_seconds`: time to evaluate that "
-             f"row's model. "
+             f"row's model. {_threads_text(args.run_path, _methods_of(rows))}"
              f"{args.note}")
     png = _plot(rows, stem.with_suffix(".png"), setting["title"])
     write_results(stem, f"Accuracy vs sparsity: {setting['title']}", notes, rows,
                   f"\n![accuracy vs sparsity]({png.name})\n" if png else "")
+
+
+def _methods_of(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+
+
+def _threads_text(run: Path, methods: list[str]) -> str:
+    """The torch thread counts the run's checkpoints record (CPU results are bit-exact only at
+    the same count); empty if none are recorded (runs older than the record)."""
+    used: dict[str, list[int]] = {}
+    dense = run / "dense.json"
+    if dense.exists() and (t := json.loads(dense.read_text()).get("torch_threads")):
+        used["dense"] = t
+    for m in methods:
+        state = run / m / "state.json"
+        if state.exists():
+            rounds = json.loads(state.read_text()).get("rounds", [])
+            counts = {r.get("torch_threads", 0) for r in rounds}
+            if counts and 0 not in counts:
+                used[m] = sorted(counts)
+    if not used:
+        return ""
+    return "Torch threads used: " + ", ".join(f"{k} {v}" for k, v in used.items()) + ". "
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> Path | None:

@@ -91,12 +91,16 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, sampler):
     assert last_iteration(tmp_path / "ck") == 4
     # pretend the first 4 iterations took 1000 s: the resumed run must add to that
     doc = json.loads((tmp_path / "ck.json").read_text())
+    threads = torch.get_num_threads()
+    assert doc["torch_threads"] == [threads]
     doc["train_seconds"] = 1000.0
+    doc["torch_threads"] = [threads + 1]  # ... on another thread count: both are recorded
     (tmp_path / "ck.json").write_text(json.dumps(doc))
     resumed = load_checkpoint(tmp_path / "ck")
     meta_train(resumed.learner, sampler, 6, 2, start_iteration=4, progress=False,
                checkpoint_path=tmp_path / "ck", checkpoint_every=2)
     assert 1000.0 < load_checkpoint(tmp_path / "ck").meta["train_seconds"] < 1100.0
+    assert load_checkpoint(tmp_path / "ck").meta["torch_threads"] == [threads, threads + 1]
     for (n, a), (_, b) in zip(straight.model.named_parameters(),
                               resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)

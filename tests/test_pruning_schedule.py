@@ -198,6 +198,8 @@ def test_resume_between_rounds_and_within_retraining_after_kill(sampler, tmp_pat
     full = prune(ref, sampler, out_dir=tmp_path / "full", **OPTS)
     ref_masks, ref_params = _state(ref)
     assert len(full) == 3 and all(Path(r.checkpoint + ".safetensors").exists() for r in full)
+    state = json.loads((tmp_path / "full" / "state.json").read_text())
+    assert [r["torch_threads"] for r in state["rounds"]] == [torch.get_num_threads()] * 3
 
     def kill_after_round_1(r):
         if r.round == 1:

@@ -28,17 +28,22 @@ def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_bat
     """Run iterations ``start_iteration .. iterations-1``; returns the per-iteration stats.
 
     With ``checkpoint_path``, the learner (and optimiser state) is saved atomically every
-    ``checkpoint_every`` iterations and at the end, with ``meta["iteration"]`` = iterations done.
+    ``checkpoint_every`` iterations and at the end, with ``meta["iteration"]`` = iterations done
+    and ``meta["torch_threads"]``: the torch thread counts the run used (the float reduction
+    order, hence the exact weights on a CPU, depends on it).
     """
     if meta_batch < 1:
         raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
     history: list[dict] = []
     meta = dict(meta or {})
-    if start_iteration > 0 and checkpoint_path is not None and "train_seconds_before" not in meta:
+    threads = {torch.get_num_threads()}
+    if start_iteration > 0 and checkpoint_path is not None and Path(
+            paths(checkpoint_path)[1]).exists():
+        before = read_meta(checkpoint_path)
+        threads.update(before.get("torch_threads", []))
         # resuming: the time already spent counts, so train_seconds stays the whole run's
-        if Path(paths(checkpoint_path)[1]).exists():
-            meta["train_seconds_before"] = float(
-                read_meta(checkpoint_path).get("train_seconds", 0.0))
+        meta.setdefault("train_seconds_before", float(before.get("train_seconds", 0.0)))
+    meta["torch_threads"] = sorted(threads | set(meta.get("torch_threads", [])))
     bar = tqdm(range(start_iteration, iterations), desc=desc, disable=not progress,
                initial=start_iteration, total=iterations, dynamic_ncols=True)
     t0 = time.perf_counter()

@@ -92,6 +92,8 @@ class RoundResult:
     retrain_loss: float | None = None
     retrain_acc: float | None = None
     compensation: dict[str, float] = field(default_factory=dict)
+    # CPU results are bit-reproducible only at the same thread count (reduction order)
+    torch_threads: int = 0
 
 
 def scoring_tasks(sampler: TaskSampler, n_tasks: int, rnd: int,
@@ -280,6 +282,7 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         res.score_seconds = stats["score_seconds"]
         res.compensation = stats["compensation"]
         res.retrain_seconds = time.perf_counter() - t0
+        res.torch_threads = torch.get_num_threads()
         if hist:
             tail = hist[-min(len(hist), 10):]
             res.retrain_loss = sum(h["loss"] for h in tail) / len(tail)
