@@ -117,7 +117,7 @@ def header(title: str, notes: str = "", command: str | None = None) -> str:
     m = machine()
     lines = [f"# {title}", "", f"- command: `{command or command_line()}`",
              f"- date: {m['date']}", f"- machine: {m['cpu']}; GPU: {m['gpu']}",
-             f"- torch {m['torch']} ({m['threads']} threads in this process), Python "
+             f"- torch {m['torch']} (torch threads of this process: {m['threads']}), Python "
              f"{m['python']}, git commit {m['git_commit']}"]
     if notes:
         lines += ["", notes]
