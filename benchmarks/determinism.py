@@ -74,7 +74,8 @@ def main() -> None:
     rows, ref = [], None
     for n_threads, resume, what in runs:
         w = train(n_threads, resume)
-        ref = ref or w
+        if ref is None:
+            ref = w
         diff = max((w[k].double() - ref[k].double()).abs().max().item() for k in ref)
         rows.append({"run": what, "torch_threads": n_threads, "weights_sha256": _digest(w),
                      "bit_equal_to_reference": all(torch.equal(w[k], ref[k]) for k in ref),
