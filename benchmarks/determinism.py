@@ -54,7 +54,14 @@ def main() -> None:
     n, half = args.iterations, args.iterations // 2
 
     def train(n_threads: int, resume: bool) -> dict[str, torch.Tensor]:
+        before = torch.get_num_threads()
         torch.set_num_threads(n_threads)
+        try:
+            return _train(resume)
+        finally:
+            torch.set_num_threads(before)
+
+    def _train(resume: bool) -> dict[str, torch.Tensor]:
         learner = make_learner(cfg, data, "cpu")
         if not resume:
             meta_train(learner, sampler, n, args.meta_batch, progress=False)
