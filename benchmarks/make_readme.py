@@ -49,6 +49,7 @@ python benchmarks/omniglot_maml.py --config configs/omniglot_5w1s_conv4_cpu.yaml
 python benchmarks/anp_timing.py --threads 1
 python benchmarks/dense_cpu_time.py --run-dir runs/sparsity_A --run-dir runs/sparsity_B
 python benchmarks/device_report.py --help
+python benchmarks/determinism.py --setting E-fomaml --iterations 30   # bit-exact re-runs?
 python benchmarks/make_readme.py            # this page
 ```
 
