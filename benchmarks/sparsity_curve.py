@@ -153,7 +153,9 @@ def main() -> None:
     timings["dense_train"] = dense_doc.get("train_seconds", time.perf_counter() - t0)
     args.dense_meta_batch = dense_doc["config"]["train"]["meta_batch"]
     args.dense_iterations = int(dense_doc["iteration"])
-    args.run_path = run
+    # torch thread counts per stage, as the checkpoints record them (CPU bit-exactness)
+    args.threads_used = ({"dense": dense_doc["torch_threads"]}
+                         if dense_doc.get("torch_threads") else {})
 
     def cached_eval(lrn, path: Path, desc: str) -> EvalResult:
         return cached_evaluation(path, tasks, lambda: evaluate(
@@ -187,6 +189,8 @@ def main() -> None:
                           {"patch_stride": args.patch_stride}), **extra,
                        out_dir=run / method, meta={"config": cfg, "data": cfg["data"]},
                        device=args.device, progress=progress)
+        if rounds and 0 not in (counts := {r.torch_threads for r in rounds}):
+            args.threads_used[method] = sorted(counts)  # 0: rounds older than the record
         by_target = {round(r.target, 4): r for r in rounds}
         for target in report_at:
             r = by_target[round(target, 4)]
@@ -344,31 +348,16 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"per-task difference (points) with its "
              f"95% CI. `seconds_to_reach`: scoring + re-training time up to that round "
              f"(dense row: its meta-training time); `eval_seconds`: time to evaluate that "
-             f"row's model. {_threads_text(args.run_path, _methods_of(rows))}"
+             f"row's model. {_threads_text(args.threads_used)}"
              f"{args.note}")
     png = _plot(rows, stem.with_suffix(".png"), setting["title"])
     write_results(stem, f"Accuracy vs sparsity: {setting['title']}", notes, rows,
                   f"\n![accuracy vs sparsity]({png.name})\n" if png else "")
 
 
-def _methods_of(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
-
-
-def _threads_text(run: Path, methods: list[str]) -> str:
+def _threads_text(used: dict[str, list[int]]) -> str:
     """The torch thread counts the run's checkpoints record (CPU results are bit-exact only at
     the same count); empty if none are recorded (runs older than the record)."""
-    used: dict[str, list[int]] = {}
-    dense = run / "dense.json"
-    if dense.exists() and (t := json.loads(dense.read_text()).get("torch_threads")):
-        used["dense"] = t
-    for m in methods:
-        state = run / m / "state.json"
-        if state.exists():
-            rounds = json.loads(state.read_text()).get("rounds", [])
-            counts = {r.get("torch_threads", 0) for r in rounds}
-            if counts and 0 not in counts:
-                used[m] = sorted(counts)
     if not used:
         return ""
     return "Torch threads used: " + ", ".join(f"{k} {v}" for k, v in used.items()) + ". "
