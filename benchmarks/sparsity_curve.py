@@ -330,6 +330,7 @@ def _row(setting, method, target, sparsity, res: EvalResult, diff, seconds, scor
 
 def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
     stem = Path(args.results_dir) / (args.name or f"sparsity_{args.setting}")
+    stem.parent.mkdir(parents=True, exist_ok=True)  # the plot is written before the tables
     d = cfg["data"]
     dense_text = (f"the finished checkpoint {args.dense_from} ({args.dense_iterations} "
                   "iterations recorded in it; see the note)" if args.dense_from
