@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.base import ClassDataset
-from .data.tasks import TaskList
+from .data.tasks import TaskList, build_task
+from .distributed import gather_in_order, is_main, shard_range
 from .io import atomic_write_text
 from .learners import Learner
 
@@ -69,12 +70,16 @@ def evaluate(learner: Learner, dataset: ClassDataset, tasks: TaskList, steps: in
              device: str | torch.device = "cpu", progress: bool = True,
              desc: str = "evaluate") -> EvalResult:
     """Adapt to every task of ``tasks`` (test-time steps: ``steps`` or the learner's
-    ``eval_inner_steps``) and record each task's query accuracy."""
+    ``eval_inner_steps``) and record each task's query accuracy. Under torch.distributed each
+    rank takes a contiguous share of the list and every rank gets all accuracies in order."""
     steps = learner.eval_inner_steps if steps is None else steps
-    accs = np.empty(len(tasks))
-    for i, task in enumerate(tqdm(tasks.tasks(dataset), total=len(tasks), desc=desc,
-                                  disable=not progress, dynamic_ncols=True)):
-        accs[i] = learner.evaluate_task(task.to(device), steps=steps)
+    mine = shard_range(len(tasks))
+    local = torch.empty(len(mine), dtype=torch.float64)
+    for j, i in enumerate(tqdm(mine, desc=desc, disable=not (progress and is_main()),
+                               dynamic_ncols=True)):
+        task = build_task(dataset, tasks.specs[i]).to(device)
+        local[j] = learner.evaluate_task(task, steps=steps)
+    accs = gather_in_order(local, len(tasks)).numpy()
     return EvalResult(accs, tasks.fingerprint(), steps)
 
 

@@ -1,7 +1,9 @@
 """The meta-training loop: deterministic task stream, periodic atomic checkpoints, resume.
 
 Iteration ``i`` always trains on tasks ``i*B .. i*B+B-1`` of the sampler, so a run killed and
-resumed from its last checkpoint sees exactly the task stream an uninterrupted run would.
+resumed from its last checkpoint sees exactly the task stream an uninterrupted run would. Under
+torch.distributed each rank builds only its contiguous share of those indices; only rank 0
+writes checkpoints and shows progress.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import paths, read_meta, save_checkpoint
-from .data.tasks import TaskSampler
+from .data.tasks import OffsetSampler, TaskSampler
+from .distributed import barrier, broadcast_, is_main, shard_range, world_size
 from .learners import Learner
 
 
-def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_batch: int,
-               start_iteration: int = 0, checkpoint_path: str | os.PathLike | None = None,
+def meta_train(learner: Learner, sampler: TaskSampler | OffsetSampler, iterations: int,
+               meta_batch: int, start_iteration: int = 0,
+               checkpoint_path: str | os.PathLike | None = None,
                checkpoint_every: int = 100, meta: dict | None = None,
                device: str | torch.device = "cpu", progress: bool = True,
                on_step: Callable[[int, dict], None] | None = None,
@@ -29,27 +33,34 @@ def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_bat
 
     With ``checkpoint_path``, the learner (and optimiser state) is saved atomically every
     ``checkpoint_every`` iterations and at the end, with ``meta["iteration"]`` = iterations done
-    and ``meta["torch_threads"]``: the torch thread counts the run used (the float reduction
-    order, hence the exact weights on a CPU, depends on it).
+    ``meta["torch_threads"]`` and ``meta["world_sizes"]``: the torch thread counts and numbers of
+    ranks the run used (the float reduction order, hence the exact weights, depends on them).
     """
     if meta_batch < 1:
         raise ValueError(f"meta_batch must be >= 1, got {meta_batch}")
     history: list[dict] = []
     meta = dict(meta or {})
-    threads = {torch.get_num_threads()}
+    threads, worlds = {torch.get_num_threads()}, {world_size()}
     if start_iteration > 0 and checkpoint_path is not None and Path(
             paths(checkpoint_path)[1]).exists():
         before = read_meta(checkpoint_path)
         threads.update(before.get("torch_threads", []))
+        worlds.update(before.get("world_sizes", []))
         # resuming: the time already spent counts, so train_seconds stays the whole run's
         meta.setdefault("train_seconds_before", float(before.get("train_seconds", 0.0)))
     meta["torch_threads"] = sorted(threads | set(meta.get("torch_threads", [])))
+    meta["world_sizes"] = sorted(worlds | set(meta.get("world_sizes", [])))
+    progress = progress and is_main()
+    # every rank starts from rank 0's weights (they are equal already when every rank built
+    # the model from the same seed or checkpoint; this makes it a guarantee)
+    broadcast_([*learner.meta_parameters().values(), *learner.model.buffers()])
+    mine = shard_range(meta_batch)
     bar = tqdm(range(start_iteration, iterations), desc=desc, disable=not progress,
                initial=start_iteration, total=iterations, dynamic_ncols=True)
     t0 = time.perf_counter()
     for it in bar:
-        tasks = [t.to(device) for t in sampler.batch(it * meta_batch, meta_batch)]
-        stats = learner.meta_step(tasks)
+        tasks = [t.to(device) for t in sampler.batch(it * meta_batch + mine.start, len(mine))]
+        stats = learner.meta_step(tasks, batch_size=meta_batch)
         stats["iteration"] = it + 1
         history.append(stats)
         if on_step is not None:
@@ -63,7 +74,9 @@ def meta_train(learner: Learner, sampler: TaskSampler, iterations: int, meta_bat
             meta["iteration"] = done
             meta["train_seconds"] = meta.get("train_seconds_before", 0.0) + (
                 time.perf_counter() - t0)
-            save_checkpoint(checkpoint_path, learner, meta)
+            if is_main():
+                save_checkpoint(checkpoint_path, learner, meta)
+    barrier()  # the last checkpoint exists for every rank that reads it next
     return history
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..data.tasks import Task
+from ..distributed import all_reduce_sum_, is_distributed, shard
 from ..masks import Masks, apply_masks, mask_grad, masked_optimizer_step, validate_masks
 
 Params = dict[str, torch.Tensor]
@@ -124,32 +125,59 @@ class Learner:
         acc = (logits.argmax(1) == task.query_y).float().mean().item()
         return F.cross_entropy(logits, task.query_y), acc
 
-    def meta_step(self, tasks: Sequence[Task]) -> dict[str, float]:
-        """One outer step over a meta-batch (per-task loop; graphs freed task by task)."""
+    def meta_step(self, tasks: Sequence[Task], batch_size: int | None = None
+                  ) -> dict[str, float]:
+        """One outer step over a meta-batch (per-task loop; graphs freed task by task).
+
+        Under torch.distributed, ``tasks`` is this rank's share of a meta-batch of
+        ``batch_size`` tasks (default: ``len(tasks)``); the gradients are summed over the ranks
+        and every rank takes the same step."""
+        n = len(tasks) if batch_size is None else int(batch_size)
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
         loss_sum = acc_sum = 0.0
         for t in tasks:
             loss, acc = self.task_loss(t)
-            (loss / len(tasks)).backward()
+            (loss / n).backward()
             loss_sum += loss.item()
             acc_sum += acc
-        masked_optimizer_step(opt, self.meta_parameters(), self.outer_masks())
-        return {"loss": loss_sum / len(tasks), "acc": acc_sum / len(tasks)}
+        return self.outer_step(loss_sum, acc_sum, n)
+
+    def outer_step(self, loss_sum: float, acc_sum: float, batch_size: int) -> dict[str, float]:
+        """Sum the meta-parameters' ``.grad`` (and the task statistics) over the ranks, take
+        the masked optimiser step, return the meta-batch's mean loss and accuracy."""
+        named = self.meta_parameters()
+        if is_distributed():
+            params = list(named.values())
+            has = torch.tensor([p.grad is not None for p in params], dtype=torch.float64)
+            stats = torch.tensor([loss_sum, acc_sum], dtype=torch.float64)
+            all_reduce_sum_([has, stats])
+            loss_sum, acc_sum = stats.tolist()
+            grads = []
+            for p, h in zip(params, has.tolist()):
+                if h and p.grad is None:  # this rank's tasks did not reach p
+                    p.grad = torch.zeros_like(p)
+                if h:
+                    grads.append(p.grad)
+            all_reduce_sum_(grads)
+        masked_optimizer_step(self.optimizer, named, self.outer_masks())
+        return {"loss": loss_sum / batch_size, "acc": acc_sum / batch_size}
 
     def meta_gradient(self, tasks: Sequence[Task], first_order: bool | None = None
                       ) -> dict[str, torch.Tensor]:
         """dL_meta/dtheta averaged over ``tasks`` (exact through the inner loop unless
-        first_order); used by tests and by gradient-based pruning criteria."""
+        first_order), summed in float64; used by tests and by gradient-based pruning criteria.
+        Under torch.distributed every rank passes the same ``tasks`` and computes its share."""
         params = self.params()
-        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        total = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
         cg = (not self.first_order) if first_order is None else not first_order
-        for t in tasks:
+        for t in shard(tasks):
             loss, _ = self.task_loss(t, create_graph=cg)
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for n, g in zip(params, grads):
                 if g is not None:
-                    total[n] += g.detach() / len(tasks)
+                    total[n] += g.detach().double() / len(tasks)
+        all_reduce_sum_(total.values())
         return total
 
     @torch.no_grad()

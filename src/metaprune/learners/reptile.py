@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 
 from ..data.tasks import Task
-from ..masks import masked_optimizer_step
 from .base import Learner
 from .registry import register_learner
 
@@ -26,9 +25,10 @@ class Reptile(Learner):
         kw["first_order"] = True
         super().__init__(model, **kw)
 
-    def meta_step(self, tasks: Sequence[Task]) -> dict[str, float]:
-        opt = self.optimizer
-        opt.zero_grad(set_to_none=True)
+    def meta_step(self, tasks: Sequence[Task], batch_size: int | None = None
+                  ) -> dict[str, float]:
+        n_tasks = len(tasks) if batch_size is None else int(batch_size)
+        self.optimizer.zero_grad(set_to_none=True)
         params = self.params()
         delta = {n: torch.zeros_like(p) for n, p in params.items()}
         loss_sum = acc_sum = 0.0
@@ -39,8 +39,7 @@ class Reptile(Learner):
                 loss_sum += torch.nn.functional.cross_entropy(logits, t.query_y).item()
                 acc_sum += (logits.argmax(1) == t.query_y).float().mean().item()
                 for n in params:
-                    delta[n] += (params[n] - adapted.params[n]) / len(tasks)
+                    delta[n] += (params[n] - adapted.params[n]) / n_tasks
         for n, p in params.items():
             p.grad = delta[n]
-        masked_optimizer_step(opt, self.meta_parameters(), self.outer_masks())
-        return {"loss": loss_sum / len(tasks), "acc": acc_sum / len(tasks)}
+        return self.outer_step(loss_sum, acc_sum, n_tasks)

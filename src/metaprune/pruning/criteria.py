@@ -24,9 +24,16 @@ import torch
 from torch import nn
 
 from ..data.tasks import Task
+from ..distributed import all_reduce_sum_, shard
 from ..learners import Adapted, Learner
 from ..masks import Masks
-from .hessian import batchnorm_after, damped_inverse, record_hessians, weight_matrix
+from .hessian import (
+    batchnorm_after,
+    damped_inverse,
+    record_hessians,
+    sum_over_ranks,
+    weight_matrix,
+)
 
 __all__ = ["Scores", "Criterion", "ANP", "LOBS", "Magnitude", "Random", "TaylorMeta",
            "TaylorMetaFO", "CRITERIA", "get_criterion", "obs_saliency", "obs_compensation",
@@ -157,13 +164,18 @@ def obs_saliency(weight: torch.Tensor, hinv: torch.Tensor) -> torch.Tensor:
 
 
 def obs_compensation(weight: torch.Tensor, hinv: torch.Tensor, pruned: torch.Tensor,
-                     mode: str = "joint", chunk_bytes: int = 1 << 28) -> torch.Tensor:
+                     mode: str = "joint", chunk_bytes: int = 1 << 28,
+                     hessian: torch.Tensor | None = None) -> torch.Tensor:
     """Change ``dw`` (``[out, d]``) of every output unit for removing the entries ``pruned``
     (bool ``[out, d]``, True = pruned, old and new).
 
     ``joint``: the exact OBS solution for removing the whole set Q of each unit at once,
     ``dw = -H^-1[:, Q] (H^-1[Q, Q])^-1 w[Q]`` (= least squares over the surviving weights; pruned
-    entries end exactly at -w). ``single``: ANP's per-weight formula
+    entries end exactly at -w). Only a ``|Q| x |Q|`` system is solved per unit; with
+    ``hessian`` (the damped H whose inverse is ``hinv``), units that keep fewer weights than
+    they lose solve the equivalent ``|R| x |R|`` system of the survivors R instead,
+    ``dw[R] = H[R, R]^-1 H[R, Q] w[Q]``. Units are solved in batches, padded to the largest
+    system of the batch. ``single``: ANP's per-weight formula
     ``dw = -sum_q (w_q / [H^-1]_qq) H^-1[:, q]`` summed over the pruned weights (exact for one
     weight per unit, an approximation otherwise). The caller re-applies the masks.
     """
@@ -174,18 +186,48 @@ def obs_compensation(weight: torch.Tensor, hinv: torch.Tensor, pruned: torch.Ten
         return -(coef @ hinv).to(weight.dtype)
     if mode != "joint":
         raise ValueError(f"unknown compensation mode '{mode}' (joint, single, none)")
-    out_units, d = W.shape
+    d = W.shape[1]
     delta = torch.zeros_like(W)
-    units = torch.nonzero(P.any(1)).flatten()
-    per = max(1, chunk_bytes // (d * d * hinv.element_size()))
-    for s in range(0, len(units), per):
-        u = units[s: s + per]
-        m = P[u].to(hinv.dtype)                                   # [b, d]
-        # A = P Hinv P + (I - P): rows outside Q are identity, so z is 0 outside Q
-        A = m[:, :, None] * hinv[None] * m[:, None, :] + torch.diag_embed(1 - m)
-        z = torch.linalg.solve(A, (m * W[u]).unsqueeze(-1)).squeeze(-1)
-        delta[u] = -(z @ hinv)
+    n_pruned = P.sum(1)
+    units = torch.nonzero(n_pruned > 0).flatten()
+    by_survivors = torch.zeros_like(P[:, 0])
+    if hessian is not None:
+        by_survivors = (d - n_pruned) < n_pruned
+    for survivors in (False, True):
+        sel = units[by_survivors[units] == survivors]
+        if not len(sel):
+            continue
+        solve_set = ~P[sel] if survivors else P[sel]                # [b, d]
+        sizes = solve_set.sum(1)
+        order = torch.argsort(sizes)
+        sel, solve_set, sizes = sel[order], solve_set[order], sizes[order]
+        per = max(1, chunk_bytes // (int(sizes.max()) * d * hinv.element_size()))
+        for s in range(0, len(sel), per):
+            u, S, k = sel[s: s + per], solve_set[s: s + per], sizes[s: s + per]
+            kmax = int(k.max())
+            # each unit's solve indices first (stable: in column order), padded to kmax
+            idx = torch.argsort((~S).to(torch.int8), dim=1, stable=True)[:, :kmax]
+            valid = (torch.arange(kmax, device=W.device)[None] < k[:, None]).to(hinv.dtype)
+            w = W[u]
+            if survivors:
+                rhs = ((w * P[u]) @ hessian).gather(1, idx)          # (H[R, Q] w[Q])
+                z = _padded_solve(hessian, idx, valid, rhs)
+                du = torch.where(P[u], -w, torch.zeros_like(w))
+                du.scatter_add_(1, idx, z * valid)
+                delta[u] = du
+            else:
+                z = _padded_solve(hinv, idx, valid, w.gather(1, idx))
+                delta[u] = -torch.einsum("bk,bkd->bd", z * valid, hinv[idx])
     return delta.to(weight.dtype)
+
+
+def _padded_solve(M: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, rhs: torch.Tensor
+                  ) -> torch.Tensor:
+    """Solve ``M[I_b, I_b] z_b = rhs_b`` for every row b (indices ``idx[b]``, of which the
+    first ``valid[b].sum()`` count; the padding solves an identity block and returns 0)."""
+    A = (M[idx[:, :, None], idx[:, None, :]] * valid[:, :, None] * valid[:, None, :]
+         + torch.diag_embed(1 - valid))
+    return torch.linalg.solve(A, (rhs * valid).unsqueeze(-1)).squeeze(-1)
 
 
 class _OBS(Criterion):
@@ -255,14 +297,17 @@ class _OBS(Criterion):
             raise ValueError(f"{self.name} needs at least one task")
         layers = [n[: -len(".weight")] for n in names]
         modules = dict(learner.model.named_modules())
+        if adapted_moments is not None:
+            for ly in layers:
+                w0 = _weight_matrix_of(modules[ly], {}, ly).double()
+                adapted_moments[f"{ly}.weight"] = [torch.zeros_like(w0), torch.zeros_like(w0)]
         with record_hessians(learner.model, layers, self.patch_stride) as (accs, switch):
-            for t in tasks:
+            for t in shard(tasks):  # this rank's share; summed over the ranks below
                 adapted = self._adapt(learner, t)
                 if adapted_moments is not None:
                     for ly in layers:
                         w = _weight_matrix_of(modules[ly], adapted.params, ly).double()
-                        m = adapted_moments.setdefault(f"{ly}.weight",
-                                                       [torch.zeros_like(w), torch.zeros_like(w)])
+                        m = adapted_moments[f"{ly}.weight"]
                         m[0] += w / len(tasks)
                         m[1] += w ** 2 / len(tasks)
                 with torch.no_grad():
@@ -274,6 +319,9 @@ class _OBS(Criterion):
                             learner.predict(adapted, t.query_x)
                     finally:
                         switch["on"] = False
+        sum_over_ranks(accs)
+        if adapted_moments is not None:
+            all_reduce_sum_(t for m in adapted_moments.values() for t in m)
         if input_means is not None:
             input_means.update({f"{ly}.weight": a.mean_input() for ly, a in accs.items()
                                 if a.count > 0})
@@ -339,7 +387,9 @@ class _OBS(Criterion):
             if not bool(pruned.any()):
                 continue
             w = scores.start.get(n, weight_matrix(mod).detach())
-            delta = obs_compensation(w, hi, pruned, mode)
+            # the damped H itself, for units that keep fewer weights than they lose
+            h = torch.cholesky_inverse(torch.linalg.cholesky(hi)) if mode == "joint" else None
+            delta = obs_compensation(w, hi, pruned, mode, hessian=h)
             with torch.no_grad():
                 mod.weight.add_(delta[:, :k].reshape(mod.weight.shape))
                 if d > k and mod.bias is not None:

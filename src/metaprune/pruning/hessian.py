@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_reduce_sum_, is_distributed
+
 __all__ = ["layer_input_rows", "weight_matrix", "HessianAccumulator", "record_hessians",
-           "damped_inverse", "relative_damping", "batchnorm_after"]
+           "damped_inverse", "relative_damping", "batchnorm_after", "sum_over_ranks"]
 
 
 def layer_input_rows(module: nn.Module, x: torch.Tensor, patch_stride: int = 1,
@@ -53,11 +55,12 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor, patch_stride: int = 1,
                 padding = 0
             else:
                 raise ValueError("padding='same' is not supported; use explicit padding")
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding,
-                        stride=module.stride)                      # [B, C*kh*kw, L]
-        rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])     # [B*L, d]
         if patch_stride > 1:
-            rows = rows[::patch_stride]
+            rows = _sampled_patches(x, module, padding, patch_stride)
+        else:
+            cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding,
+                            stride=module.stride)                  # [B, C*kh*kw, L]
+            rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # [B*L, d]
     elif isinstance(module, nn.Linear):
         rows = x.reshape(-1, x.shape[-1])
     else:
@@ -65,6 +68,25 @@ def layer_input_rows(module: nn.Module, x: torch.Tensor, patch_stride: int = 1,
     if (module.bias is not None) if bias is None else bias:
         rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], 1)
     return rows
+
+
+def _sampled_patches(x: torch.Tensor, conv: nn.Conv2d, padding: int | tuple,
+                     patch_stride: int) -> torch.Tensor:
+    """Rows of ``unfold`` (``[B*L, C*kh*kw]``, positions in B x L order) at every
+    ``patch_stride``-th position, gathered directly: only the kept patches are copied."""
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    xp = F.pad(x, (pw, pw, ph, ph))
+    B, C, Hp, Wp = xp.shape
+    oh, ow = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
+    pos = torch.arange(0, B * oh * ow, patch_stride, device=x.device)
+    b, r = pos // (oh * ow), pos % (oh * ow)
+    iy = (r // ow)[:, None] * sh + torch.arange(kh, device=x.device)[None] * dh   # [n, kh]
+    ix = (r % ow)[:, None] * sw + torch.arange(kw, device=x.device)[None] * dw    # [n, kw]
+    ch = torch.arange(C, device=x.device)
+    patches = xp[b[:, None, None, None], ch[None, :, None, None], iy[:, None, :, None],
+                 ix[:, None, None, :]]                                           # [n, C, kh, kw]
+    return patches.reshape(len(pos), C * kh * kw)
 
 
 def weight_matrix(module: nn.Module, weight: torch.Tensor | None = None,
@@ -111,6 +133,27 @@ class HessianAccumulator:
         if self.sum_rows is None or self.count == 0:
             raise ValueError("no inputs were recorded for this layer")
         return self.sum_rows / self.count
+
+
+def sum_over_ranks(accs: dict[str, HessianAccumulator]) -> None:
+    """Under torch.distributed, make every accumulator hold the sums over all ranks (one
+    all-reduce for every layer); a layer no rank saw stays empty."""
+    if not is_distributed():
+        return
+    counts = torch.tensor([float(a.count) for a in accs.values()], dtype=torch.float64)
+    tensors = [counts]
+    for a in accs.values():
+        if a.sum is None:
+            d = weight_matrix(a.module).shape[1]
+            dev = a.module.weight.device
+            a.sum = torch.zeros(d, d, dtype=a.dtype, device=dev)
+            a.sum_rows = torch.zeros(d, dtype=a.dtype, device=dev)
+        tensors += [a.sum, a.sum_rows]
+    all_reduce_sum_(tensors)
+    for a, c in zip(accs.values(), counts.tolist()):
+        a.count = int(c)
+        if a.count == 0:
+            a.sum = a.sum_rows = None
 
 
 def batchnorm_after(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from ..checkpoint import paths, read_meta, save_checkpoint
 from ..data.tasks import OffsetSampler, Task, TaskSampler
+from ..distributed import barrier, broadcast_, is_main, world_size
 from ..io import atomic_write_text
 from ..learners import Learner
 from ..masks import Masks, prunable_weights, sparsity_table
@@ -87,13 +88,21 @@ class RoundResult:
     global_sparsity: float       # over all parameters (BatchNorm, biases included)
     layers: dict[str, float]
     checkpoint: str | None = None
+    # wall seconds of each stage; round_seconds = all of them + checkpoint writes
     score_seconds: float = 0.0
+    select_seconds: float = 0.0
+    compensate_seconds: float = 0.0
+    mask_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
     retrain_seconds: float = 0.0
+    round_seconds: float = 0.0
     retrain_loss: float | None = None
     retrain_acc: float | None = None
     compensation: dict[str, float] = field(default_factory=dict)
-    # CPU results are bit-reproducible only at the same thread count (reduction order)
+    # CPU results are bit-reproducible only at the same thread count and number of ranks
+    # (reduction order)
     torch_threads: int = 0
+    world_size: int = 1
 
 
 def scoring_tasks(sampler: TaskSampler, n_tasks: int, rnd: int,
@@ -108,18 +117,30 @@ def prune_step(learner: Learner, criterion: Criterion, tasks: Sequence[Task],
                allocation: str = "layerwise", seed: int = 0) -> tuple[Masks, dict]:
     """One pruning step on ``learner`` in place: score, select exactly, compensate (OBS
     criteria), set the masks. ``names`` defaults to every prunable weight. Returns the new masks
-    and stats (``score_seconds``, per-layer ``compensation``)."""
+    and stats: wall seconds of each stage (``score_seconds``, ``select_seconds``,
+    ``compensate_seconds``, ``mask_seconds``) and per-layer ``compensation``. Under
+    torch.distributed the scoring work is split over the ranks, and rank 0's weights and masks
+    are broadcast at the end (every rank computed the same ones; this makes it a guarantee)."""
     names = list(prunable_weights(learner.model) if names is None else names)
     t0 = time.perf_counter()
     scores = criterion.score(learner, tasks, names, seed=seed)
-    score_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
     current = {n: learner.masks[n] for n in names if n in learner.masks}
     new = allocate(scores.scores, ratio, allocation, current)
+    t2 = time.perf_counter()
     comp = criterion.compensate(learner, scores, new)
+    t3 = time.perf_counter()
     masks = {**learner.masks, **new}
+    if world_size() > 1:
+        for m in masks.values():
+            broadcast_([m])
+        broadcast_([*learner.meta_parameters().values(), *learner.model.buffers()])
     learner.set_masks(masks)
     _check_zero(learner)
-    return masks, {"score_seconds": score_s, "compensation": comp}
+    t4 = time.perf_counter()
+    return masks, {"score_seconds": t1 - t0, "select_seconds": t2 - t1,
+                   "compensate_seconds": t3 - t2, "mask_seconds": t4 - t3,
+                   "compensation": comp}
 
 
 def _check_zero(learner: Learner) -> None:
@@ -240,33 +261,41 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
             results = [RoundResult(**r) for r in state.get("rounds", [])]
             if results:
                 restore_checkpoint(learner, out / f"round{results[-1].round:02d}")
-        else:
-            atomic_write_text(state_path, json.dumps(
-                {"config": cfg_doc, "targets": targets, "rounds": []}, indent=2))
         work = out / "work"
         if paths(work)[1].exists():
             wmeta = read_meta(work)
             if wmeta.get("pruning", {}).get("round") == len(results) + 1:
                 restore_checkpoint(learner, work)
                 resume_iter = int(wmeta.get("iteration", 0))
+        barrier()  # every rank has read the run's state before rank 0 writes any
+        if not state_path.exists() and is_main():
+            atomic_write_text(state_path, json.dumps(
+                {"config": cfg_doc, "targets": targets, "rounds": []}, indent=2))
     base_meta = {k: v for k, v in (meta or {}).items() if k not in _RESERVED_META}
     criterion_opts = criterion.options()
     for rnd in range(len(results) + 1, len(targets) + 1):
+        t_round = time.perf_counter()
         target = targets[rnd - 1]
         rmeta = {**base_meta, "kind": "pruned",
                  "pruning": {**cfg_doc, "criterion_options": criterion_opts, "round": rnd,
                              "target": target, "targets": targets}}
         first_iter = (rnd - 1) * cfg.retrain_iters
-        stats: dict = {"score_seconds": 0.0, "compensation": {}}
+        stats: dict = {"compensation": {}}
+        ck_seconds = 0.0
         if resume_iter is None:
             ratios = round_ratios(names, target, cfg.sparsity, cfg.layer_ratios)
             ratio = ratios if cfg.layer_ratios else target
+            t0 = time.perf_counter()
             tasks = scoring_tasks(sampler, cfg.tasks, rnd, device) if criterion.needs_tasks else []
+            task_seconds = time.perf_counter() - t0
             seed = cfg.seed * 1000 + rnd if isinstance(criterion, Random) else rnd
             _, stats = prune_step(learner, criterion, tasks, ratio, names, cfg.allocation, seed)
+            stats["score_seconds"] += task_seconds  # building the scoring tasks counts too
             resume_iter = first_iter
-            if out is not None and cfg.retrain_iters > 0:
+            if out is not None and cfg.retrain_iters > 0 and is_main():
+                t0 = time.perf_counter()
                 save_checkpoint(out / "work", learner, {**rmeta, "iteration": first_iter})
+                ck_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         hist: list[dict] = []
         if cfg.retrain_iters > 0:
@@ -279,24 +308,35 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         resume_iter = None
         _check_zero(learner)
         res = _round_result(learner, rnd, target, names)
-        res.score_seconds = stats["score_seconds"]
+        for stage in ("score", "select", "compensate", "mask"):
+            setattr(res, f"{stage}_seconds", stats.get(f"{stage}_seconds", 0.0))
         res.compensation = stats["compensation"]
         res.retrain_seconds = time.perf_counter() - t0
         res.torch_threads = torch.get_num_threads()
+        res.world_size = world_size()
         if hist:
             tail = hist[-min(len(hist), 10):]
             res.retrain_loss = sum(h["loss"] for h in tail) / len(tail)
             res.retrain_acc = sum(h["acc"] for h in tail) / len(tail)
         if out is not None:
             ck = out / f"round{rnd:02d}"
-            save_checkpoint(ck, learner, {**rmeta, "iteration": first_iter + cfg.retrain_iters,
-                                          "round_result": asdict(res)})
             res.checkpoint = str(ck)
+            t0 = time.perf_counter()
+            res.checkpoint_seconds = ck_seconds  # the round checkpoint's own write: below
+            res.round_seconds = t0 - t_round
+            if is_main():
+                save_checkpoint(ck, learner, {**rmeta, "iteration": first_iter
+                                              + cfg.retrain_iters, "round_result": asdict(res)})
+            res.checkpoint_seconds += time.perf_counter() - t0
+            res.round_seconds = time.perf_counter() - t_round
             results.append(res)
-            atomic_write_text(out / "state.json", json.dumps(
-                {"config": cfg_doc, "targets": targets,
-                 "rounds": [asdict(r) for r in results]}, indent=2))
+            if is_main():
+                atomic_write_text(out / "state.json", json.dumps(
+                    {"config": cfg_doc, "targets": targets,
+                     "rounds": [asdict(r) for r in results]}, indent=2))
+            barrier()  # the round's checkpoint exists before any rank goes on
         else:
+            res.round_seconds = time.perf_counter() - t_round
             results.append(res)
         if on_round is not None:
             on_round(res)
