@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# in-process CLI calls stay one process unless a test asks for --workers (tests/
+# test_distributed.py does); a worker count from the caller's environment does not leak in
+os.environ["METAPRUNE_WORKERS"] = "1"
+os.environ.pop("METAPRUNE_THREADS", None)
 
 
 @pytest.fixture(autouse=True)

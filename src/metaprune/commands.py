@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import load_config
+from .distributed import barrier, is_main
 from .evaluation import EvalResult, evaluate, paired_difference
 from .experiment import load_split, make_learner, test_tasks, train_sampler
 from .training import last_iteration, meta_train
@@ -91,12 +92,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                progress=not args.no_progress)
     test_data = load_split(cfg["data"], "test_split")
     tasks = test_tasks(cfg, test_data, args.eval_tasks)
-    tasks.save(out / "test_tasks.json")
     res = evaluate(learner, test_data, tasks, device=device, progress=not args.no_progress)
-    res.save(out / "eval_test.json")
-    meta = load_checkpoint(ckpt, device=device, with_optimizer=False).meta
-    meta["metrics"] = {"test": res.summary()}
-    save_checkpoint(ckpt, learner, meta)
+    if is_main():
+        tasks.save(out / "test_tasks.json")
+        res.save(out / "eval_test.json")
+        meta = load_checkpoint(ckpt, device=device, with_optimizer=False).meta
+        meta["metrics"] = {"test": res.summary()}
+        save_checkpoint(ckpt, learner, meta)
+    barrier()
     print(f"meta-test accuracy: {100 * res.accuracy:.2f} +- {100 * res.ci95:.2f}% "
           f"({len(tasks)} tasks, {res.steps} adaptation steps); checkpoint: {ckpt}")
     return 0
@@ -115,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = evaluate(c.learner, dataset, tasks, steps=args.steps, device=device,
                    progress=not (args.no_progress or args.json))
     summary = {"checkpoint": str(args.checkpoint), "split": split, **res.summary()}
-    if args.save:
+    if args.save and is_main():
         res.save(args.save)
     if args.compare:
         diff = paired_difference(res, EvalResult.load(args.compare))

@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .config import load_config
+from .distributed import barrier, is_main
 from .evaluation import EvalResult, evaluate, paired_difference
 from .experiment import load_split, make_learner, test_tasks, train_sampler
 from .io import atomic_write_text
@@ -47,7 +48,9 @@ def _evaluate_cached(learner, dataset, tasks, path: Path, device, desc: str,
         if res.task_fingerprint == tasks.fingerprint():
             return res
     res = evaluate(learner, dataset, tasks, device=device, progress=progress, desc=desc)
-    res.save(path)
+    if is_main():
+        res.save(path)
+    barrier()
     return res
 
 
@@ -62,7 +65,8 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
     train_data = load_split(cfg["data"], "train_split")
     test_data = load_split(cfg["data"], "test_split")
     tasks = test_tasks(cfg, test_data)
-    tasks.save(out / "test_tasks.json")
+    if is_main():
+        tasks.save(out / "test_tasks.json")
     sampler = train_sampler(cfg, train_data)
 
     dense_ck = out / "dense" / "model"
@@ -116,8 +120,9 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
     lines.append(f"sparsity = pruned share of all Conv2d/Linear weights; total wall "
                  f"time {time.perf_counter() - t_start:.0f}s; results in {out}/")
     table = "\n".join(lines)
-    atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
-    atomic_write_text(out / "results.txt", table + "\n")
+    if is_main():
+        atomic_write_text(out / "results.json", json.dumps(rows, indent=2))
+        atomic_write_text(out / "results.txt", table + "\n")
     print()
     print(table)
     return 0

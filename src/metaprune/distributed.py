@@ -36,7 +36,8 @@ T = TypeVar("T")
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "shard_range", "shard",
            "all_reduce_sum_", "gather_in_order", "broadcast_", "barrier", "init_from_env",
-           "physical_cores", "resolve_threads", "resolve_workers", "launch", "in_launched_job"]
+           "physical_cores", "resolve_threads", "apply_threads", "resolve_workers", "launch",
+           "in_launched_job", "shutdown"]
 
 
 # ---- who am I ------------------------------------------------------------------------------
@@ -187,17 +188,24 @@ def apply_threads(threads: int) -> None:
         pass
 
 
-def resolve_workers(workers: int | None, work_units: int | None = None) -> int:
+def resolve_workers(workers: int | None, work_units: int | None = None,
+                    gpus: int | None = None) -> int:
     """Processes for one machine: ``--workers``, else ``METAPRUNE_WORKERS``, else one per
-    physical core, capped by ``work_units`` (tasks per meta-batch, test tasks, ...)."""
+    physical core (one per GPU when ``gpus`` is given), capped by ``work_units``."""
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
     chosen = workers or _env_int("METAPRUNE_WORKERS")
     if chosen is None:
-        chosen = physical_cores()
+        chosen = max(1, gpus) if gpus is not None else physical_cores()
         if work_units is not None:
             chosen = min(chosen, max(1, work_units))
     return chosen
+
+
+def shutdown() -> None:
+    """Leave the process group (if this process joined one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def launch(nproc: int, argv: Sequence[str], threads: int) -> int:
@@ -217,5 +225,6 @@ def launch(nproc: int, argv: Sequence[str], threads: int) -> int:
         elastic_launch(config, sys.executable)("-m", "metaprune", *argv)
     except ChildFailedError as e:
         codes = [f.exitcode for _, f in sorted(e.failures.items())]
-        return next((c for c in codes if c), 1)
+        code = next((c for c in codes if c), 1)
+        return code if code > 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
     return 0

@@ -44,9 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="BatchNorm statistics for prediction: frozen support-set statistics "
                    "(default; each image independent) or the query batch's (as the library's "
                    "evaluation)")
-    p.add_argument("--threads", type=int,
-                   help="torch intra-op threads (default: torch's; 1 is best for small models "
-                   "on a busy CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_adapt)
 
@@ -142,14 +139,8 @@ def cmd_export_episode(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     import time
 
-    import torch
-
     from .runtime import DeviceModel
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     dm = DeviceModel.load(args.model)
     support = dm.load_support(args.support)
     t0 = time.perf_counter()

@@ -130,36 +130,45 @@ class Learner:
         """One outer step over a meta-batch (per-task loop; graphs freed task by task).
 
         Under torch.distributed, ``tasks`` is this rank's share of a meta-batch of
-        ``batch_size`` tasks (default: ``len(tasks)``); the gradients are summed over the ranks
-        and every rank takes the same step."""
-        n = len(tasks) if batch_size is None else int(batch_size)
-        opt = self.optimizer
-        opt.zero_grad(set_to_none=True)
+        ``batch_size`` tasks (default: ``len(tasks)``); see :meth:`outer_step`."""
+        named = self.meta_parameters()
+        sums: dict[str, torch.Tensor | None] = dict.fromkeys(named)
         loss_sum = acc_sum = 0.0
         for t in tasks:
             loss, acc = self.task_loss(t)
-            (loss / n).backward()
+            grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+            for k, g in zip(named, grads):
+                if g is not None:
+                    sums[k] = g.double() if sums[k] is None else sums[k] + g
             loss_sum += loss.item()
             acc_sum += acc
-        return self.outer_step(loss_sum, acc_sum, n)
+        return self.outer_step(sums, loss_sum, acc_sum,
+                               len(tasks) if batch_size is None else int(batch_size))
 
-    def outer_step(self, loss_sum: float, acc_sum: float, batch_size: int) -> dict[str, float]:
-        """Sum the meta-parameters' ``.grad`` (and the task statistics) over the ranks, take
-        the masked optimiser step, return the meta-batch's mean loss and accuracy."""
+    def outer_step(self, grad_sums: Mapping[str, torch.Tensor | None], loss_sum: float,
+                   acc_sum: float, batch_size: int) -> dict[str, float]:
+        """Masked optimiser step on the mean over the meta-batch of per-task outer gradients.
+
+        ``grad_sums[k]``: float64 sum of this rank's per-task gradients of meta-parameter
+        ``k`` (None: no task reached it). The sums are added over the ranks, then divided by
+        ``batch_size``. Float64 sums of float32 gradients are exact unless one entry's terms
+        span more than 2^29 in magnitude, so the step does not depend on how the tasks were
+        split: any number of ranks takes the same step as one process (bit for bit, in all
+        but such rare entries)."""
         named = self.meta_parameters()
+        sums = dict(grad_sums)
         if is_distributed():
-            params = list(named.values())
-            has = torch.tensor([p.grad is not None for p in params], dtype=torch.float64)
+            has = torch.tensor([sums.get(k) is not None for k in named], dtype=torch.float64)
             stats = torch.tensor([loss_sum, acc_sum], dtype=torch.float64)
             all_reduce_sum_([has, stats])
             loss_sum, acc_sum = stats.tolist()
-            grads = []
-            for p, h in zip(params, has.tolist()):
-                if h and p.grad is None:  # this rank's tasks did not reach p
-                    p.grad = torch.zeros_like(p)
-                if h:
-                    grads.append(p.grad)
-            all_reduce_sum_(grads)
+            for (k, p), h in zip(named.items(), has.tolist()):
+                if h and sums.get(k) is None:  # this rank's tasks did not reach k
+                    sums[k] = torch.zeros_like(p, dtype=torch.float64)
+            all_reduce_sum_(g for g in sums.values() if g is not None)
+        for k, p in named.items():
+            g = sums.get(k)
+            p.grad = None if g is None else (g / batch_size).to(p.dtype)
         masked_optimizer_step(self.optimizer, named, self.outer_masks())
         return {"loss": loss_sum / batch_size, "acc": acc_sum / batch_size}
 
@@ -176,9 +185,9 @@ class Learner:
             grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for n, g in zip(params, grads):
                 if g is not None:
-                    total[n] += g.detach().double() / len(tasks)
+                    total[n] += g.detach()
         all_reduce_sum_(total.values())
-        return total
+        return {n: g / len(tasks) for n, g in total.items()}
 
     @torch.no_grad()
     def _eval_logits(self, adapted: Adapted, x: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,9 @@ class Reptile(Learner):
 
     def meta_step(self, tasks: Sequence[Task], batch_size: int | None = None
                   ) -> dict[str, float]:
-        n_tasks = len(tasks) if batch_size is None else int(batch_size)
-        self.optimizer.zero_grad(set_to_none=True)
         params = self.params()
-        delta = {n: torch.zeros_like(p) for n, p in params.items()}
+        sums = {f"model.{n}": torch.zeros_like(p, dtype=torch.float64)
+                for n, p in params.items()}
         loss_sum = acc_sum = 0.0
         for t in tasks:
             adapted = self.adapt(t.support_x, t.support_y, create_graph=False)
@@ -39,7 +38,6 @@ class Reptile(Learner):
                 loss_sum += torch.nn.functional.cross_entropy(logits, t.query_y).item()
                 acc_sum += (logits.argmax(1) == t.query_y).float().mean().item()
                 for n in params:
-                    delta[n] += (params[n] - adapted.params[n]) / n_tasks
-        for n, p in params.items():
-            p.grad = delta[n]
-        return self.outer_step(loss_sum, acc_sum, n_tasks)
+                    sums[f"model.{n}"] += params[n] - adapted.params[n]
+        return self.outer_step(sums, loss_sum, acc_sum,
+                               len(tasks) if batch_size is None else int(batch_size))

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..distributed import is_main
 from ..masks import format_sparsity_table, sparsity_table
 from .criteria import (
     CRITERIA,
@@ -201,9 +202,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     meta = {**ck.meta, "source_checkpoint": str(args.checkpoint)}
 
     def report(r) -> None:
-        print(f"round {r.round}: target {100 * r.target:.1f}%, prunable sparsity "
-              f"{100 * r.sparsity:.2f}%, scoring {r.score_seconds:.1f}s, re-training "
-              f"{r.retrain_seconds:.1f}s -> {r.checkpoint}", file=sys.stderr, flush=True)
+        if is_main():
+            print(f"round {r.round}: target {100 * r.target:.1f}%, prunable sparsity "
+                  f"{100 * r.sparsity:.2f}%, {r.round_seconds:.1f}s (scoring "
+                  f"{r.score_seconds:.1f}s, compensation {r.compensate_seconds:.1f}s, masks "
+                  f"{r.select_seconds + r.mask_seconds:.1f}s, re-training "
+                  f"{r.retrain_seconds:.1f}s, checkpoints {r.checkpoint_seconds:.1f}s) -> "
+                  f"{r.checkpoint}", file=sys.stderr, flush=True)
 
     results = prune(ck.learner, sampler, cfg, out_dir=args.out, meta=meta, device=device,
                     progress=not args.no_progress, on_round=report)
@@ -229,7 +234,8 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
     learner, plans = structured_anp(
         ck.learner, sampler, keep=keep, rounds=args.rounds, retrain_iters=args.retrain_iters,
         meta_batch=meta_batch, tasks=args.tasks, damping=args.damping, device=device,
-        progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr, flush=True),
+        progress=not args.no_progress,
+        log=lambda m: print(m, file=sys.stderr, flush=True) if is_main() else None,
         channel_criterion=STRUCTURED_METHODS[args.method])
     out = Path(args.out) / f"round{args.rounds:02d}"
     meta = {k: ck.meta[k] for k in ("config", "data") if k in ck.meta}
@@ -238,7 +244,8 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
                                 "retrain_iters": args.retrain_iters, "meta_batch": meta_batch,
                                 "tasks": args.tasks, "seed": args.seed,
                                 "widths": [p.widths for p in plans]}})
-    save_checkpoint(out, learner, meta, with_optimizer=False)
+    if is_main():
+        save_checkpoint(out, learner, meta, with_optimizer=False)
     n = sum(p.numel() for p in learner.model.parameters())
     print(f"{args.method}: channels {widths0} -> {plans[-1].widths} (keep {keep:.3f}), "
           f"{n:,} parameters, {args.rounds} round(s), final checkpoint {out}")
