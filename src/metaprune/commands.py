@@ -76,7 +76,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if done is not None:  # resume: the saved config wins, so the task stream is identical
         c = load_checkpoint(ckpt, device=device)
         cfg, learner = c.meta["config"], c.learner
-        print(f"resuming {ckpt} from iteration {done}", file=sys.stderr)
+        if is_main():
+            print(f"resuming {ckpt} from iteration {done}", file=sys.stderr)
     else:
         cfg = load_config(args.config, args.set)
         learner = None

@@ -37,7 +37,7 @@ T = TypeVar("T")
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "shard_range", "shard",
            "all_reduce_sum_", "gather_in_order", "broadcast_", "barrier", "init_from_env",
            "physical_cores", "resolve_threads", "apply_threads", "resolve_workers", "launch",
-           "in_launched_job", "shutdown"]
+           "in_launched_job", "shutdown", "die_with_launcher"]
 
 
 # ---- who am I ------------------------------------------------------------------------------
@@ -122,12 +122,30 @@ def in_launched_job() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+def die_with_launcher() -> None:
+    """Linux: have the kernel SIGKILL this worker when the process that started it (the
+    launcher's agent) dies. The agent starts workers in sessions of their own, so killing the
+    launcher (``kill -9``, the OOM killer) would otherwise leave them training and writing
+    checkpoints next to the run that resumes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    expected = os.environ.get("METAPRUNE_AGENT_PID")
+    if expected and os.getppid() != int(expected):  # the agent died before prctl
+        os._exit(1)
+
+
 def init_from_env(device: str) -> str:
     """Join the process group that torchrun (or ``--workers``) describes in the environment:
     gloo on CPU, nccl on CUDA with one GPU per rank (``cuda`` becomes ``cuda:LOCAL_RANK``).
     Returns the device this rank should use; a no-op outside a launched job."""
     if not in_launched_job() or int(os.environ["WORLD_SIZE"]) < 2:
         return device
+    die_with_launcher()
     cuda = device.startswith("cuda")
     if cuda:
         if not torch.cuda.is_available():
@@ -217,6 +235,7 @@ def launch(nproc: int, argv: Sequence[str], threads: int) -> int:
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
     os.environ["METAPRUNE_THREADS"] = str(threads)
+    os.environ["METAPRUNE_AGENT_PID"] = str(os.getpid())  # the agent runs in this process
     os.environ["OMP_NUM_THREADS"] = str(threads)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0",

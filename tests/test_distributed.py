@@ -1,0 +1,139 @@
+"""torch.distributed (gloo, 2 processes on this CPU) against one process: meta-training steps
+of every learner, evaluation, ANP and Taylor pruning rounds, and a 2-worker training run killed
+with SIGKILL and resumed. Tolerance: none. The outer step adds float64 sums of float32 per-task
+gradients, which are exact unless an entry's terms span more than 2^29 in magnitude, so how
+the tasks are split over ranks does not change a bit; a failure here means it did."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metaprune import distributed as mpdist
+from metaprune.cli import main
+
+HERE = Path(__file__).parent
+TINY = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
+        "--set", "data.q_query=3", "--set", "model.kwargs={width: 4}",
+        "--set", "train.meta_batch=3", "--set", "train.checkpoint_every=2",
+        "--set", "eval.tasks=12", "--set", "eval.q_query=3", "--no-progress"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "METAPRUNE_WORKERS"}
+    env["METAPRUNE_THREADS"] = "1"
+    return env
+
+
+def _torchrun(nproc: int, out: Path) -> dict[str, torch.Tensor]:
+    out.mkdir()
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={nproc}", str(HERE / "dist_scenarios.py"), str(out)],
+                   check=True, env=_env(), capture_output=True, timeout=300)
+    return {r: load_file(out / f"rank{r}.safetensors") for r in range(nproc)}
+
+
+def test_shard_range_splits_every_index_once_in_order() -> None:
+    for n in range(0, 13):
+        for w in range(1, 6):
+            parts = [mpdist.shard_range(n, r, w) for r in range(w)]
+            assert [i for p in parts for i in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_two_ranks_train_evaluate_and_prune_exactly_as_one(tmp_path) -> None:
+    one = _torchrun(1, tmp_path / "w1")[0]
+    two = _torchrun(2, tmp_path / "w2")
+    assert set(one) == set(two[0]) == set(two[1])
+    learners = {k.split(".")[1] for k in one if k.startswith("train.")}
+    assert learners == {"maml", "fomaml", "anil", "metasgd", "reptile", "protonet"}
+    assert any(k.startswith("prune.anp.mask.") for k in one)
+    assert any(k.startswith("prune.taylor-meta.mask.") for k in one)
+    for k, v in one.items():
+        assert torch.equal(two[0][k], two[1][k]), f"ranks disagree on {k}"
+        assert torch.equal(v, two[0][k]), f"world size 2 differs from 1 on {k}"
+    # the comparison can fail: training moved the weights, pruning removed half of them
+    assert not torch.equal(one["train.maml.model.head.weight"],
+                           one["train.fomaml.model.head.weight"])
+    assert float(one["prune.anp.mask.head.weight"].mean()) == pytest.approx(0.5, abs=0.05)
+
+
+def _train(out: Path, workers: int, iterations: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "metaprune", "train", "--out", str(out), "--workers",
+         str(workers), "--set", f"train.iterations={iterations}", *TINY],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _iteration(out: Path) -> int:
+    try:
+        return int(json.loads((out / "model.json").read_text())["iteration"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_two_worker_training_killed_and_resumed_ends_where_uninterrupted_does(tmp_path) -> None:
+    iterations = 200
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    p = _train(ref, 2, iterations)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    p = _train(run, 2, iterations)
+    deadline = time.time() + 120
+    while _iteration(run) < 2 and p.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert p.poll() is None, p.communicate()[1].decode()
+    os.killpg(p.pid, signal.SIGKILL)       # the launcher and both workers
+    p.wait(timeout=60)
+    time.sleep(0.5)  # the workers die with the launcher (PR_SET_PDEATHSIG); none writes on
+    killed_at = _iteration(run)
+    assert 2 <= killed_at < iterations, f"killed at iteration {killed_at}"
+    p = _train(run, 2, iterations)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()
+    assert f"resuming {run / 'model'} from iteration {killed_at}" in err.decode()
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    names = [k for k in a if k.startswith("model.")]
+    assert names and all(torch.equal(a[k], b[k]) for k in names)
+    ra = json.loads((ref / "eval_test.json").read_text())["per_task"]
+    assert ra == json.loads((run / "eval_test.json").read_text())["per_task"]
+
+
+def test_evaluate_with_two_workers_gives_the_per_task_accuracies_of_one(tmp_path) -> None:
+    assert main(["train", "--out", str(tmp_path / "m"), "--set", "train.iterations=4",
+                 *TINY]) == 0
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main(["evaluate", str(tmp_path / "m" / "model"), "--tasks", "30", "--no-progress",
+                 "--save", str(one)]) == 0
+    r = subprocess.run([sys.executable, "-m", "metaprune", "evaluate",
+                        str(tmp_path / "m" / "model"), "--tasks", "30", "--workers", "2",
+                        "--no-progress", "--save", str(two)], env=_env(), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("on 30 test tasks") == 1        # rank 0 alone prints
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["task_fingerprint"] == b["task_fingerprint"] and a["per_task"] == b["per_task"]
+
+
+def test_worker_and_thread_options_are_checked(tmp_path, capsys, monkeypatch) -> None:
+    assert main(["evaluate", str(tmp_path / "x"), "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "x"), "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    monkeypatch.setenv("METAPRUNE_THREADS", "two")
+    assert main(["evaluate", str(tmp_path / "x")]) == 2
+    assert "METAPRUNE_THREADS='two'" in capsys.readouterr().err
+    monkeypatch.delenv("METAPRUNE_THREADS")
+    monkeypatch.delenv("METAPRUNE_WORKERS")
+    assert mpdist.resolve_workers(None) == mpdist.physical_cores()
+    assert mpdist.resolve_workers(None, work_units=1) == 1
+    assert mpdist.resolve_workers(3, work_units=1) == 3     # an explicit choice wins
+    assert mpdist.resolve_workers(None, gpus=4) == 4
