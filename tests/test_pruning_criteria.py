@@ -252,3 +252,33 @@ def test_protonet_head_without_input_falls_back_to_magnitude() -> None:
         sc = ANP().score(learner, image_tasks(2), names)
     assert "head.weight" not in sc.hinv and "features.0.0.weight" in sc.hinv
     assert torch.equal(sc.scores["head.weight"], model.head.weight.detach().double() ** 2)
+
+
+def _dense_joint_reference(weight: torch.Tensor, hinv: torch.Tensor, pruned: torch.Tensor
+                           ) -> torch.Tensor:
+    """The joint OBS change as it was first written: one d x d solve per unit."""
+    m = pruned.double()
+    A = m[:, :, None] * hinv[None] * m[:, None, :] + torch.diag_embed(1 - m)
+    z = torch.linalg.solve(A, (m * weight.double()).unsqueeze(-1)).squeeze(-1)
+    return -(z @ hinv)
+
+
+@pytest.mark.parametrize("d,sparsity", [(7, 0.3), (40, 0.5), (90, 0.85), (90, 0.97)])
+def test_block_compensation_equals_the_dense_solve(d: int, sparsity: float) -> None:
+    from metaprune.pruning.criteria import obs_compensation
+
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(3 * d, d, generator=g, dtype=torch.float64)
+    H = X.T @ X / X.shape[0] + 1e-3 * torch.eye(d, dtype=torch.float64)
+    hinv = torch.linalg.inv(H)
+    W = torch.randn(12, d, generator=g, dtype=torch.float64)
+    P = torch.rand(12, d, generator=g) < sparsity
+    P[0] = False            # a unit that loses nothing
+    P[1, :-1] = True        # a unit that keeps one weight
+    ref = _dense_joint_reference(W, hinv, P)
+    pruned_block = obs_compensation(W, hinv, P, "joint", chunk_bytes=4096)
+    survivor_block = obs_compensation(W, hinv, P, "joint", hessian=H, chunk_bytes=4096)
+    assert torch.allclose(pruned_block, ref, atol=1e-10, rtol=0)
+    assert torch.allclose(survivor_block, ref, atol=1e-10, rtol=0)
+    assert torch.allclose(survivor_block[P], -W[P], atol=1e-10, rtol=0)  # pruned end at 0
+    assert bool((ref[0] == 0).all()) and bool(ref[2:].abs().sum() > 0)

@@ -157,3 +157,20 @@ def test_joint_obs_removal_of_several_weights_is_least_squares_optimum() -> None
     # the per-weight ("single") formula is only an approximation for several weights
     approx = W + obs_compensation(W, hinv, pruned, "single")
     assert not torch.allclose(approx[0], new[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [2, 5, 7])
+def test_sub_sampled_patches_equal_every_nth_row_of_unfold(stride: int) -> None:
+    import torch.nn.functional as F
+
+    convs = [(nn.Conv2d(3, 8, 3, padding=1), (4, 3, 11, 9)),
+             (nn.Conv2d(5, 7, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2),
+                        bias=False), (3, 5, 10, 12))]
+    for conv, shape in convs:
+        x = torch.randn(shape)
+        cols = F.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
+                        stride=conv.stride)
+        ref = cols.transpose(1, 2).reshape(-1, cols.shape[1])[::stride]
+        if conv.bias is not None:
+            ref = torch.cat([ref, ref.new_ones(ref.shape[0], 1)], 1)
+        assert torch.equal(layer_input_rows(conv, x, stride), ref)

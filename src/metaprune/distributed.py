@@ -14,10 +14,11 @@ Every rank runs the same program on the same inputs; the work is split by TASK:
 Only rank 0 writes files and shows progress (:func:`is_main`). Outside ``torchrun`` (or
 ``--workers N``) every helper is a no-op and the code runs as one process.
 
-Thread policy: each process uses ``--threads`` / ``METAPRUNE_THREADS`` torch threads, default 1
-(measured: two threads next to one busy process were 10x slower than one; see
-benchmarks/results/speed.md), and ``--workers`` / ``METAPRUNE_WORKERS`` processes, default one
-per physical core that the process may run on.
+Thread policy: each process uses ``--threads`` / ``METAPRUNE_THREADS`` torch threads, default 1,
+and ``--workers`` / ``METAPRUNE_WORKERS`` processes, default one per physical core that the
+process may run on (benchmarks/results/speed.md, 2 cores: next to one busy process, one process
+with two threads trained at half and evaluated at 0.4x the speed of one with one thread; two
+one-thread workers beat one two-thread process idle and loaded).
 """
 
 from __future__ import annotations
