@@ -234,7 +234,8 @@ def launch(nproc: int, argv: Sequence[str], threads: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    # a failing rank prints its own error; the agent's log line about it would repeat it
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ["METAPRUNE_THREADS"] = str(threads)
     os.environ["METAPRUNE_AGENT_PID"] = str(os.getpid())  # the agent runs in this process
     os.environ["OMP_NUM_THREADS"] = str(threads)
