@@ -77,21 +77,26 @@ def shard(items: Sequence[T]) -> list[T]:
 
 
 # ---- collectives (no-ops in one process) ----------------------------------------------------
-def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
-    """Sum each tensor over the ranks, in place, with ONE all-reduce per dtype (the tensors
-    are packed into a flat buffer; small models send one message per step)."""
-    if not is_distributed():
-        return
+def _packed(tensors: Iterable[torch.Tensor], collective) -> None:
+    """Apply ``collective`` (in place, on one flat buffer) to the tensors, one call per dtype:
+    small models send one message instead of one per parameter."""
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
+        by_dtype.setdefault(t.dtype, []).append(t.data if isinstance(t, torch.nn.Parameter)
+                                               else t)
     for group in by_dtype.values():
         flat = torch.cat([t.reshape(-1) for t in group])
-        dist.all_reduce(flat)
+        collective(flat)
         offset = 0
         for t in group:
             t.copy_(flat[offset: offset + t.numel()].view_as(t))
             offset += t.numel()
+
+
+def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks, in place (one all-reduce per dtype)."""
+    if is_distributed():
+        _packed(tensors, dist.all_reduce)
 
 
 def gather_in_order(local: torch.Tensor, n: int) -> torch.Tensor:
@@ -106,10 +111,8 @@ def gather_in_order(local: torch.Tensor, n: int) -> torch.Tensor:
 
 def broadcast_(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
     """Overwrite each tensor with rank ``src``'s, in place."""
-    if not is_distributed():
-        return
-    for t in tensors:
-        dist.broadcast(t.data if isinstance(t, torch.nn.Parameter) else t, src)
+    if is_distributed():
+        _packed(tensors, lambda flat: dist.broadcast(flat, src))
 
 
 def barrier() -> None:

@@ -132,8 +132,7 @@ def prune_step(learner: Learner, criterion: Criterion, tasks: Sequence[Task],
     t3 = time.perf_counter()
     masks = {**learner.masks, **new}
     if world_size() > 1:
-        for m in masks.values():
-            broadcast_([m])
+        broadcast_(masks.values())
         broadcast_([*learner.meta_parameters().values(), *learner.model.buffers()])
     learner.set_masks(masks)
     _check_zero(learner)
