@@ -15,7 +15,10 @@ demo's workload and the evaluation. An external anchor, MAML written with the ``
 package (benchmarks/anchor_higher.py), runs the training and evaluation rows in one process
 with one thread. Each row runs for at least ``--seconds`` (and 2 timed iterations) after one
 warm-up iteration; the evaluation stops early in a mode slower than ``--eval-cap`` seconds and
-reports the time extrapolated to 600 tasks (column ``tasks_timed`` says how many ran).
+reports the time extrapolated to 600 tasks (column ``measured`` says how many ran).
+metaprune's processes tune glibc's allocator as the ``metaprune`` command does
+(``metaprune.distributed.tune_allocator``); one more idle mode runs the grid without it, and
+the anchor runs with the default allocator, as a user of ``higher`` gets it.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ def time_anp_round(device: str) -> list[dict]:
 
 def worker(args: argparse.Namespace) -> None:
     mpdist.apply_threads(args.threads)
+    if not args.default_malloc:
+        mpdist.tune_allocator()  # as the metaprune command does
     device = mpdist.init_from_env(args.device)
     out: dict = {"train": {}, "world_size": mpdist.world_size()}
     for w in (GRID if args.grid else [DEMO]):
@@ -163,13 +168,15 @@ def anchor(args: argparse.Namespace) -> None:
     Path(args.json).write_text(json.dumps(out))
 
 
-def run_mode(args, workers: int, threads: int, grid: bool, anp: bool) -> dict:
+def run_mode(args, workers: int, threads: int, grid: bool, anp: bool,
+             default_malloc: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         js = str(Path(tmp) / "out.json")
         tail = [str(Path(__file__).resolve()), "--worker", "--json", js, "--threads",
                 str(threads), "--seconds", str(args.seconds), "--eval-cap", str(args.eval_cap),
                 "--device", args.device] + (["--grid"] if grid else []) + (
-                    ["--anp"] if anp else [])
+                    ["--anp"] if anp else []) + (
+                    ["--default-malloc"] if args.default_malloc or default_malloc else [])
         cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={workers}"] if workers > 1 else [sys.executable]) + tail
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -185,6 +192,8 @@ def main() -> None:
                    help="stop a mode's 600-task evaluation after this many seconds")
     p.add_argument("--name", default="speed")
     p.add_argument("--no-anchor", action="store_true")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's allocator as it is in the metaprune processes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--anchor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
@@ -216,6 +225,10 @@ def main() -> None:
                 load = "one busy process" if loaded else "idle"
                 print(f"{label}, {load} ...", file=sys.stderr, flush=True)
                 results[(label, load)] = run_mode(args, workers, threads, grid, anp)
+            if not loaded and not args.default_malloc:  # what tune_allocator() buys
+                label = "1 process x 1 thread, glibc's default allocator"
+                print(f"{label}, idle ...", file=sys.stderr, flush=True)
+                results[(label, "idle")] = run_mode(args, 1, 1, True, False, True)
         finally:
             if busy is not None:
                 busy.kill()

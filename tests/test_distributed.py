@@ -137,3 +137,13 @@ def test_worker_and_thread_options_are_checked(tmp_path, capsys, monkeypatch) ->
     assert mpdist.resolve_workers(None, work_units=1) == 1
     assert mpdist.resolve_workers(3, work_units=1) == 3     # an explicit choice wins
     assert mpdist.resolve_workers(None, gpus=4) == 4
+
+
+def test_allocator_tuning_applies_on_glibc_and_can_be_turned_off(monkeypatch) -> None:
+    import platform
+
+    monkeypatch.setenv("METAPRUNE_MALLOC", "0")
+    assert mpdist.tune_allocator() is False
+    monkeypatch.delenv("METAPRUNE_MALLOC")
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert mpdist.tune_allocator() is glibc

@@ -69,6 +69,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if n > 1:
             return mpdist.launch(n, argv, threads)
     mpdist.apply_threads(threads)
+    mpdist.tune_allocator()
     if hasattr(args, "device"):
         args.device = mpdist.init_from_env(args.device)
     if not mpdist.is_main():  # rank 0 speaks for the job

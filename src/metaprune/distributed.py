@@ -38,7 +38,7 @@ T = TypeVar("T")
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "shard_range", "shard",
            "all_reduce_sum_", "gather_in_order", "broadcast_", "barrier", "init_from_env",
            "physical_cores", "resolve_threads", "apply_threads", "resolve_workers", "launch",
-           "in_launched_job", "shutdown", "die_with_launcher"]
+           "in_launched_job", "shutdown", "die_with_launcher", "tune_allocator"]
 
 
 # ---- who am I ------------------------------------------------------------------------------
@@ -208,6 +208,32 @@ def apply_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set, or inter-op work already started
         pass
+
+
+# glibc mallopt parameters: keep freed memory for reuse instead of handing every large
+# activation back to the kernel and faulting fresh zeroed pages in on the next step
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MALLOC_SETTINGS = {_M_MMAP_THRESHOLD: 32 << 20,   # glibc's largest: blocks < 32 MiB from the heap
+                    _M_TRIM_THRESHOLD: 1 << 32,    # never shrink the heap below 4 GiB of slack
+                    _M_TOP_PAD: 512 << 20}         # grow it 512 MiB (virtual) at a time
+
+
+def tune_allocator() -> bool:
+    """Linux/glibc: keep freed heap memory for reuse (``mallopt``). Meta-learning allocates
+    and frees the same activation sizes every task; glibc returns blocks above a moving
+    threshold to the kernel, and every new step then page-faults zeroed memory in again. On
+    this project's 2-core CPU that made a Conv4-32 20-way meta-iteration about 1.4x slower
+    (benchmarks/results/speed.md). The cost: the process keeps its peak heap. Set
+    ``METAPRUNE_MALLOC=0`` to leave the allocator alone. Returns whether it was tuned."""
+    if os.environ.get("METAPRUNE_MALLOC", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    return all(libc.mallopt(k, v) == 1 for k, v in _MALLOC_SETTINGS.items())
 
 
 def resolve_workers(workers: int | None, work_units: int | None = None,
