@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 
 from ..distributed import is_main
 from ..masks import format_sparsity_table, sparsity_table
+from .budget import DEFAULT_GUARD_DROP
 from .criteria import (
     CRITERIA,
     DEFAULT_H_DATA,
@@ -35,8 +38,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pruning criterion; 'anp-structured' removes whole Conv4 channels "
                    "(writes a smaller conv4-slim network, see docs/deploy.md); "
                    "'l1-structured' and 'random-structured' are its channel baselines")
-    p.add_argument("--sparsity", type=float, default=0.85,
-                   help="final fraction of each layer's weights to prune (default 0.85)")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="final fraction of each layer's weights to prune (default 0.85; with "
+                   "--max-drop the largest tried, default 0.95)")
+    p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                   help="accuracy budget: prune round after round while the paired accuracy "
+                   "drop against the dense model on VALIDATION tasks stays within POINTS, and "
+                   "name the sparsest round that met it (OUT/validation.json)")
+    p.add_argument("--val-split", default=None,
+                   help="validation split (default: the config's data.val_split, else 'val'; "
+                   "its classes must not be the test split's)")
+    p.add_argument("--val-tasks", type=int, default=300,
+                   help="fixed validation tasks for --max-drop and for the end-of-run check "
+                   f"that the model lost at most {DEFAULT_GUARD_DROP:g} point (default 300; "
+                   "0 skips the check)")
     p.add_argument("--schedule", default="default",
                    help="per-round increments, e.g. '0.1x8,0.05' (the default), or 'one-shot'")
     p.add_argument("--retrain-iters", type=int, default=100,
@@ -185,11 +200,51 @@ def cmd_adaptation_shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validator(args: argparse.Namespace, ck, device):
+    """The validation set-up for --max-drop / the end-of-run check, or None (with the reason
+    printed) when the checkpoint's data has no validation split and --max-drop is not set."""
+    from ..experiment import load_split, test_tasks
+    from .budget import Validator
+
+    cfg = ck.meta.get("config") or {}
+    data = cfg.get("data") or {}
+    split = args.val_split or data.get("val_split") or "val"
+    try:
+        if not cfg or "eval" not in cfg:
+            raise ValueError(f"checkpoint '{args.checkpoint}' has no config in its sidecar")
+        if split == data.get("test_split"):
+            raise ValueError(f"--val-split '{split}' is the test split; choose the model on "
+                             "tasks the test never sees")
+        dataset = load_split({**data, "val_split": split}, "val_split")
+        tasks = test_tasks(cfg, dataset, args.val_tasks, split)
+    except (ValueError, FileNotFoundError) as e:
+        if args.max_drop is not None:
+            raise ValueError(f"--max-drop needs validation tasks: {e}") from e
+        if is_main():
+            print(f"note: no validation check at the end ({e})", file=sys.stderr)
+        return None, split
+    return Validator(dataset, tasks, args.out, device, not args.no_progress), split
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from .budget import ValidationPoint, advice, best_round, write_curve
+    from .pruner import starved_layers
+
+    if args.max_drop is not None and args.max_drop < 0:
+        raise ValueError(f"--max-drop must be >= 0 points, got {args.max_drop}")
+    if args.val_tasks < 0 or (args.max_drop is not None and args.val_tasks < 2):
+        raise ValueError(f"--val-tasks must be >= 0 (>= 2 with --max-drop), got "
+                         f"{args.val_tasks}")
+    if args.sparsity is None:
+        args.sparsity = 0.95 if args.max_drop is not None else 0.85
     ck, sampler, device = _checkpoint_and_sampler(args)
     train_cfg = (ck.meta.get("config") or {}).get("train") or {}
     meta_batch = args.meta_batch or int(train_cfg.get("meta_batch", 4))
     if args.method in STRUCTURED_METHODS:
+        if args.max_drop is not None:
+            raise ValueError(f"--max-drop works with the unstructured methods, not "
+                             f"'{args.method}'")
         return _prune_structured(args, ck, sampler, meta_batch, device)
     cfg = PruneConfig(
         method=args.method, sparsity=args.sparsity, schedule=args.schedule,
@@ -200,8 +255,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
         include_first=not args.exclude_first, include_last=not args.exclude_last, seed=args.seed,
         checkpoint_every=args.checkpoint_every)
     meta = {**ck.meta, "source_checkpoint": str(args.checkpoint)}
+    val, split = _validator(args, ck, device) if args.val_tasks > 0 else (None, None)
+    budget = DEFAULT_GUARD_DROP if args.max_drop is None else args.max_drop
+    curve: list[ValidationPoint] = []
+    if val is not None:
+        curve.append(val.point(0, 0.0, ck.learner))
+        if args.max_drop is not None:  # rounds a killed run finished: validate them too
+            state = Path(args.out) / "state.json"
+            done = json.loads(state.read_text()).get("rounds", []) if state.exists() else []
+            for r in done:
+                learner = load_checkpoint(r["checkpoint"], device=device).learner
+                curve.append(val.point(r["round"], r["sparsity"], learner, r["checkpoint"]))
+                if curve[-1].drop > budget:
+                    break
 
-    def report(r) -> None:
+    def report(r) -> bool:
         if is_main():
             print(f"round {r.round}: target {100 * r.target:.1f}%, prunable sparsity "
                   f"{100 * r.sparsity:.2f}%, {r.round_seconds:.1f}s (scoring "
@@ -209,13 +277,53 @@ def cmd_prune(args: argparse.Namespace) -> int:
                   f"{r.select_seconds + r.mask_seconds:.1f}s, re-training "
                   f"{r.retrain_seconds:.1f}s, checkpoints {r.checkpoint_seconds:.1f}s) -> "
                   f"{r.checkpoint}", file=sys.stderr, flush=True)
+        if val is None or args.max_drop is None:
+            return True
+        curve.append(val.point(r.round, r.sparsity, ck.learner, r.checkpoint))
+        p = curve[-1]
+        if is_main():
+            print(f"  validation: {p.accuracy:.2f}%, drop {p.drop:+.2f} +- {p.drop_ci95:.2f} "
+                  f"points (budget {budget:g})", file=sys.stderr, flush=True)
+        return p.drop <= budget
 
-    results = prune(ck.learner, sampler, cfg, out_dir=args.out, meta=meta, device=device,
-                    progress=not args.no_progress, on_round=report)
+    over = args.max_drop is not None and len(curve) > 1 and curve[-1].drop > budget
+    results = [] if over else prune(ck.learner, sampler, cfg, out_dir=args.out, meta=meta,
+                                    device=device, progress=not args.no_progress,
+                                    on_round=report)
     learner = ck.learner
-    print(format_sparsity_table(sparsity_table(learner.model, learner.masks)))
-    last = results[-1]
-    print(f"{args.method}: {len(results)} round(s), final checkpoint {last.checkpoint}")
+    if results:
+        print(format_sparsity_table(sparsity_table(learner.model, learner.masks)))
+        print(f"{args.method}: {len(results)} round(s), last checkpoint "
+              f"{results[-1].checkpoint}")
+    if val is None:
+        return 0
+    if args.max_drop is None:  # the end-of-run check: dense against the final model
+        last = results[-1] if results else None
+        if last is not None:
+            curve.append(val.point(last.round, last.sparsity, learner, last.checkpoint))
+    best = best_round(curve, budget)
+    write_curve(args.out, curve, args.max_drop, best, split)
+    final = curve[-1]
+    if args.max_drop is not None:
+        if best is None:
+            print(f"no round kept the validation drop within {budget:g} points: round "
+                  f"{final.round} ({100 * final.sparsity:.1f}%) lost {final.drop:.2f}")
+        else:
+            print(f"sparsest model within {budget:g} points on {len(val.tasks)} {split} tasks: "
+                  f"round {best.round}, {100 * best.sparsity:.2f}% sparse, validation "
+                  f"{best.accuracy:.2f}% vs dense {curve[0].accuracy:.2f}% (drop "
+                  f"{best.drop:+.2f} +- {best.drop_ci95:.2f}) -> {best.checkpoint}")
+    if final.round > 0 and final.drop > budget:
+        names = list(learner.masks)
+        kept = {n: float(learner.masks[n].mean()) for n in names}
+        if args.max_drop is not None:  # the model that broke the budget
+            m = load_checkpoint(final.checkpoint, device=device).learner.masks
+            kept = {n: float(m[n].mean()) for n in names}
+        hint = advice(starved_layers(learner.model, kept), names, args.retrain_iters)
+        print(f"warning: the pruned model (round {final.round}, {100 * final.sparsity:.1f}%) "
+              f"scores {final.accuracy:.2f}% on {len(val.tasks)} {split} tasks against "
+              f"{curve[0].accuracy:.2f}% dense: {final.drop:.2f} points lost, more than "
+              f"{budget:g}. Most likely to help: {hint}")
     return 0
 
 

@@ -32,7 +32,8 @@ from .allocation import allocate, cumulative_targets, exact_count, parse_schedul
 from .criteria import DEFAULT_PATCH_STRIDE, Criterion, Random, get_criterion
 
 __all__ = ["PruneConfig", "RoundResult", "prune", "prune_step", "restore_checkpoint",
-           "scoring_tasks", "SCORE_TASK_OFFSET", "RETRAIN_TASK_OFFSET"]
+           "scoring_tasks", "starved_layers", "FEW_INPUTS_PER_UNIT", "SCORE_TASK_OFFSET",
+           "RETRAIN_TASK_OFFSET"]
 
 # task-index offsets of the sampler streams used for scoring and re-training (disjoint from
 # the dense training stream, which starts at 0)
@@ -192,27 +193,39 @@ def _round_result(learner: Learner, rnd: int, target: float, names: Sequence[str
 FEW_INPUTS_PER_UNIT = 2.0
 
 
-def _warn_few_inputs(learner: Learner, ratios: Mapping[str, float]) -> None:
-    """Warn about layers that the common ratio leaves with almost no input per output unit
-    (e.g. a 3x3 conv on 1-channel images: 9 inputs; 85% leaves 1.35)."""
-    params = dict(learner.model.named_parameters())
-    for n, r in ratios.items():
+def starved_layers(model: torch.nn.Module, kept: Mapping[str, float]
+                   ) -> dict[str, tuple[float, int]]:
+    """Layers (param names) whose output units keep fewer than ``FEW_INPUTS_PER_UNIT`` of
+    their inputs on average, given each layer's kept fraction: ``{name: (kept inputs per
+    unit, inputs per unit)}`` (e.g. a 3x3 conv on 1-channel images: 9 inputs; 85% leaves
+    1.35)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for n, k in kept.items():
         fan_in = params[n][0].numel()
-        if fan_in * (1 - r) < FEW_INPUTS_PER_UNIT:
-            warnings.warn(
-                f"pruning '{n}' to {r:.0%} leaves each of its output units about "
-                f"{fan_in * (1 - r):.1f} of its {fan_in} inputs; on Omniglot (1-channel "
-                "images) keeping the first layer and the head dense made most of the "
-                "difference at 85-95% (benchmarks/README.md, setting A); consider "
-                "include_first=False / include_last=False (command line: --exclude-first / "
-                "--exclude-last) or a per-layer ratio (layer_ratios, --layer-ratio)",
-                stacklevel=3)
+        if fan_in * k < FEW_INPUTS_PER_UNIT:
+            out[n] = (fan_in * k, fan_in)
+    return out
+
+
+def _warn_few_inputs(learner: Learner, ratios: Mapping[str, float]) -> None:
+    """Warn about layers that the common ratio leaves with almost no input per output unit."""
+    starved = starved_layers(learner.model, {n: 1 - r for n, r in ratios.items()})
+    for n, (kept, fan_in) in starved.items():
+        warnings.warn(
+            f"pruning '{n}' to {ratios[n]:.0%} leaves each of its output units about "
+            f"{kept:.1f} of its {fan_in} inputs; on Omniglot (1-channel "
+            "images) keeping the first layer and the head dense made most of the "
+            "difference at 85-95% (benchmarks/README.md, setting A); consider "
+            "include_first=False / include_last=False (command line: --exclude-first / "
+            "--exclude-last) or a per-layer ratio (layer_ratios, --layer-ratio)",
+            stacklevel=3)
 
 
 def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = None, *,
           out_dir: str | os.PathLike | None = None, meta: dict | None = None,
           device: str | torch.device = "cpu", progress: bool = True,
-          on_round: Callable[[RoundResult], None] | None = None, **overrides
+          on_round: Callable[[RoundResult], bool | None] | None = None, **overrides
           ) -> list[RoundResult]:
     """Prune ``learner`` in place following ``config`` (fields may also be given as keyword
     overrides, e.g. ``prune(learner, sampler, method="anp", sparsity=0.85)``).
@@ -337,6 +350,6 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         else:
             res.round_seconds = time.perf_counter() - t_round
             results.append(res)
-        if on_round is not None:
-            on_round(res)
+        if on_round is not None and on_round(res) is False:
+            break  # the caller stops here (e.g. an accuracy budget was exceeded)
     return results
