@@ -17,8 +17,9 @@ with one thread. Each row runs for at least ``--seconds`` (and 2 timed iteration
 warm-up iteration; the evaluation stops early in a mode slower than ``--eval-cap`` seconds and
 reports the time extrapolated to 600 tasks (column ``measured`` says how many ran).
 metaprune's processes tune glibc's allocator as the ``metaprune`` command does
-(``metaprune.distributed.tune_allocator``); one more idle mode runs the grid without it, and
-the anchor runs with the default allocator, as a user of ``higher`` gets it.
+(``metaprune.distributed.tune_allocator``); one more idle mode runs the grid without it, a
+mode with all threads and glibc's allocator stands for the defaults before metaprune chose
+them, and the anchor runs with the default allocator, as a user of ``higher`` gets it.
 """
 
 from __future__ import annotations
@@ -210,21 +211,25 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     n = torch.cuda.device_count() if cuda else mpdist.physical_cores()
     cores = os.cpu_count() or 1
-    modes = [("1 process x 1 thread", 1, 1),
-             (f"1 process x {cores} threads (torch's default)", 1, cores),
-             (f"{n} workers x 1 thread (metaprune's default)", n, 1)]
-    base, default = modes[0][0], modes[2][0]
+    # (label, workers, threads, glibc's default allocator)
+    modes = [("1 process x 1 thread", 1, 1, False),
+             (f"1 process x {cores} threads", 1, cores, False),
+             (f"1 process x {cores} threads, glibc allocator (the defaults before metaprune "
+              "set threads, workers and allocator)", 1, cores, True),
+             (f"{n} workers x 1 thread (metaprune's default)", n, 1, False)]
+    base, default = modes[0][0], modes[3][0]
     results: dict[tuple[str, str], dict] = {}
     for loaded in (False, True):
         busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 if loaded else None)
         try:
-            for label, workers, threads in modes:
+            for label, workers, threads, plain_malloc in modes:
                 grid = not loaded and label in (base, default)
                 anp = not loaded and label == base
                 load = "one busy process" if loaded else "idle"
                 print(f"{label}, {load} ...", file=sys.stderr, flush=True)
-                results[(label, load)] = run_mode(args, workers, threads, grid, anp)
+                results[(label, load)] = run_mode(args, workers, threads, grid, anp,
+                                                  plain_malloc)
             if not loaded and not args.default_malloc:  # what tune_allocator() buys
                 label = "1 process x 1 thread, glibc's default allocator"
                 print(f"{label}, idle ...", file=sys.stderr, flush=True)
