@@ -101,7 +101,7 @@ def test_end_of_run_check_reports_a_model_that_lost_too_much(dense, tmp_path, ca
     out = tmp_path / "p"
     assert main(["prune", str(dense), "--method", "random", "--sparsity", "0.95",
                  "--schedule", "one-shot", "--retrain-iters", "0", "--val-tasks", "40",
-                 "--no-progress", "--out", str(out)]) == 0
+                 "--preset", "paper", "--no-progress", "--out", str(out)]) == 0
     doc = _validation(out)
     assert [p["round"] for p in doc["curve"]] == [0, 1] and doc["max_drop"] is None
     text = capsys.readouterr().out

@@ -81,12 +81,23 @@ def _iteration(out: Path) -> int:
         return 0
 
 
-def test_two_worker_training_killed_and_resumed_ends_where_uninterrupted_does(tmp_path) -> None:
-    iterations = 200
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    p = _train(ref, 2, iterations)
+ITERATIONS = 200
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """A 2-worker training run that nothing interrupts: the reference."""
+    ref = tmp_path_factory.mktemp("ref")
+    p = _train(ref, 2, ITERATIONS)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()
-    p = _train(run, 2, iterations)
+    return ref
+
+
+@pytest.mark.parametrize("resume_workers", [2, 1])
+def test_two_worker_training_killed_and_resumed_ends_where_uninterrupted_does(
+        tmp_path, uninterrupted, resume_workers) -> None:
+    run = tmp_path / "run"
+    p = _train(run, 2, ITERATIONS)
     deadline = time.time() + 120
     while _iteration(run) < 2 and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -95,15 +106,16 @@ def test_two_worker_training_killed_and_resumed_ends_where_uninterrupted_does(tm
     p.wait(timeout=60)
     time.sleep(0.5)  # the workers die with the launcher (PR_SET_PDEATHSIG); none writes on
     killed_at = _iteration(run)
-    assert 2 <= killed_at < iterations, f"killed at iteration {killed_at}"
-    p = _train(run, 2, iterations)
+    assert 2 <= killed_at < ITERATIONS, f"killed at iteration {killed_at}"
+    p = _train(run, resume_workers, ITERATIONS)   # 1: resume at another world size
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err.decode()
     assert f"resuming {run / 'model'} from iteration {killed_at}" in err.decode()
-    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    a = load_file(uninterrupted / "model.safetensors")
+    b = load_file(run / "model.safetensors")
     names = [k for k in a if k.startswith("model.")]
     assert names and all(torch.equal(a[k], b[k]) for k in names)
-    ra = json.loads((ref / "eval_test.json").read_text())["per_task"]
+    ra = json.loads((uninterrupted / "eval_test.json").read_text())["per_task"]
     assert ra == json.loads((run / "eval_test.json").read_text())["per_task"]
 
 

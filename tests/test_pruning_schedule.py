@@ -262,7 +262,8 @@ def test_cli_prune_prints_table_and_writes_rounds(tmp_path, capsys) -> None:
     save_checkpoint(tmp_path / "dense", learner, {"data": data, "config": {"data": data}})
     rc = main(["prune", str(tmp_path / "dense"), "--method", "lobs", "--sparsity", "0.5",
                "--schedule", "0.25x2", "--retrain-iters", "1", "--meta-batch", "2",
-               "--tasks", "2", "--out", str(tmp_path / "out"), "--no-progress"])
+               "--tasks", "2", "--out", str(tmp_path / "out"), "--no-progress",
+               "--preset", "paper"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "features.0.0.weight" in out and "[prunable weights]" in out and "50." in out
@@ -283,3 +284,41 @@ def test_cli_prune_prints_table_and_writes_rounds(tmp_path, capsys) -> None:
     assert rc == 0
     state = json.loads((tmp_path / "w" / "state.json").read_text())
     assert state["config"]["obs_weights"] == "adapted"
+
+
+def test_cli_presets_choose_the_pruned_layers_and_the_retraining(tmp_path, capsys) -> None:
+    import argparse
+
+    from metaprune.pruning.cli import apply_preset
+
+    def resolved(preset: str, iterations: int, **given) -> argparse.Namespace:
+        args = argparse.Namespace(preset=preset, exclude_first=None, exclude_last=None,
+                                  retrain_iters=None, **{})
+        for k, v in given.items():
+            setattr(args, k, v)
+        apply_preset(args, iterations)
+        return args
+
+    a = resolved("recommended", 3000)
+    assert (a.exclude_first, a.exclude_last, a.retrain_iters) == (True, True, 300)
+    assert resolved("recommended", 400).retrain_iters == 100      # never below 100
+    a = resolved("paper", 3000)
+    assert (a.exclude_first, a.exclude_last, a.retrain_iters) == (False, False, 100)
+    a = resolved("recommended", 3000, exclude_first=False, retrain_iters=7)  # flags win
+    assert (a.exclude_first, a.exclude_last, a.retrain_iters) == (False, True, 7)
+
+    learner = make_learner()
+    data = {"dataset": "glyphs", "root": None, "options": DATA_OPTS, "n_way": 3, "k_shot": 1,
+            "q_query": 2, "train_split": "train", "test_split": "test"}
+    save_checkpoint(tmp_path / "dense", learner, {"data": data, "config": {"data": data},
+                                                  "iteration": 20})
+    base = ["prune", str(tmp_path / "dense"), "--method", "magnitude", "--sparsity", "0.5",
+            "--schedule", "one-shot", "--retrain-iters", "0", "--val-tasks", "0",
+            "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "r")]) == 0
+    assert "preset recommended: first layer and head dense" in capsys.readouterr().err
+    masks = load_checkpoint(tmp_path / "r" / "round01").masks
+    names = prunable_weights(learner.model)
+    assert sorted(masks) == sorted(names[1:-1])
+    assert main([*base, "--preset", "paper", "--out", str(tmp_path / "p")]) == 0
+    assert sorted(load_checkpoint(tmp_path / "p" / "round01").masks) == sorted(names)

@@ -217,8 +217,8 @@ def _warn_few_inputs(learner: Learner, ratios: Mapping[str, float]) -> None:
             f"{kept:.1f} of its {fan_in} inputs; on Omniglot (1-channel "
             "images) keeping the first layer and the head dense made most of the "
             "difference at 85-95% (benchmarks/README.md, setting A); consider "
-            "include_first=False / include_last=False (command line: --exclude-first / "
-            "--exclude-last) or a per-layer ratio (layer_ratios, --layer-ratio)",
+            "include_first=False / include_last=False (what the command line's default "
+            "--preset recommended does) or a per-layer ratio (layer_ratios, --layer-ratio)",
             stacklevel=3)
 
 
