@@ -79,7 +79,11 @@ def test_max_drop_stops_after_the_first_round_over_budget_and_names_the_best(
     r = evaluate(load_checkpoint(last["checkpoint"]).learner, val, tasks, progress=False)
     assert last["drop"] == pytest.approx(100 * paired_difference(d, r).mean, abs=1e-9)
     text = capsys.readouterr().out
-    assert "warning: the pruned model" in text and "Most likely to help" in text
+    if best is None:      # nothing within the budget: the final model is reported, with advice
+        assert "warning: the pruned model" in text and "Most likely to help" in text
+    else:                 # the round over budget is where pruning stopped, not a failure
+        assert f"round {best['round']}" in text and "pruning stopped after round" in text
+        assert "warning" not in text
     # the same command again resumes: nothing is pruned or evaluated anew
     stamps = {f: f.stat().st_mtime_ns for f in (out / "validation").iterdir()}
     assert main(cmd) == 0
@@ -106,11 +110,9 @@ def test_end_of_run_check_reports_a_model_that_lost_too_much(dense, tmp_path, ca
     assert [p["round"] for p in doc["curve"]] == [0, 1] and doc["max_drop"] is None
     text = capsys.readouterr().out
     final = doc["curve"][1]
-    if final["drop"] > 1.0:
-        assert f"{final['accuracy']:.2f}%" in text and f"{doc['curve'][0]['accuracy']:.2f}%" in text
-        assert "--exclude-first" in text          # 9 inputs per unit at 95% leave 0.5
-    else:
-        assert "warning" not in text
+    assert final["drop"] > 1.0, "random 95% one-shot should lose more than a point"
+    assert f"{final['accuracy']:.2f}%" in text and f"{doc['curve'][0]['accuracy']:.2f}%" in text
+    assert "--exclude-first" in text              # 9 inputs per unit at 95% leave 0.5
 
 
 def test_bad_budget_options_fail_before_any_work(dense, tmp_path, capsys) -> None:
@@ -122,4 +124,16 @@ def test_bad_budget_options_fail_before_any_work(dense, tmp_path, capsys) -> Non
     assert main([*base, "--max-drop", "1", "--val-split", "nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert main([*base, "--method", "anp-structured", "--max-drop", "1"]) == 2
+    assert main([*base, "--val-split", "test"]) == 2     # the guard never looks at test
+    assert "is the test split" in capsys.readouterr().err
     assert not (tmp_path / "p" / "round01.json").exists()
+
+
+def test_max_drop_refuses_a_run_folder_of_other_options(dense, tmp_path, capsys) -> None:
+    out = tmp_path / "p"
+    opts = ["--retrain-iters", "0", "--schedule", "0.5x1", "--sparsity", "0.5",
+            "--val-tasks", "6", "--no-progress", "--out", str(out)]
+    assert main(["prune", str(dense), "--method", "magnitude", *opts]) == 0
+    capsys.readouterr()
+    assert main(["prune", str(dense), "--method", "random", "--max-drop", "100", *opts]) == 2
+    assert "another configuration" in capsys.readouterr().err

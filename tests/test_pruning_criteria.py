@@ -282,3 +282,17 @@ def test_block_compensation_equals_the_dense_solve(d: int, sparsity: float) -> N
     assert torch.allclose(survivor_block, ref, atol=1e-10, rtol=0)
     assert torch.allclose(survivor_block[P], -W[P], atol=1e-10, rtol=0)  # pruned end at 0
     assert bool((ref[0] == 0).all()) and bool(ref[2:].abs().sum() > 0)
+
+
+def test_block_compensation_of_fully_pruned_units_and_one_input_layers() -> None:
+    from metaprune.pruning.criteria import obs_compensation
+
+    for d in (1, 3):
+        H = torch.eye(d, dtype=torch.float64) * 2 + 0.1
+        hinv = torch.linalg.inv(H)
+        W = torch.arange(1.0, 3 * d + 1, dtype=torch.float64).reshape(3, d)
+        P = torch.zeros(3, d, dtype=torch.bool)
+        P[:2] = True                      # two units lose every weight, one keeps all
+        for h in (None, H):
+            delta = obs_compensation(W, hinv, P, "joint", hessian=h)
+            assert torch.allclose(delta[:2], -W[:2], atol=1e-12) and bool((delta[2] == 0).all())

@@ -7,6 +7,7 @@ SHA-256 of the tensor file, so a crash between the two writes is detected on loa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .io import atomic_write, atomic_write_text
+from .io import text_writer, write_temp
 from .learners import Learner, build_learner
 from .masks import Masks
 from .models import build_model
@@ -42,6 +43,7 @@ class Checkpoint:
         return self.learner.model
 
 
+@functools.cache
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -89,15 +91,23 @@ def save_checkpoint(path: str | os.PathLike, learner: Learner, meta: dict | None
                     tensors[f"optim.{idx}.{k}"] = v.detach().reshape(v.shape)
         opt_meta = {"param_groups": sd["param_groups"], "type": type(learner._optimizer).__name__}
     tensors = {k: v.contiguous().cpu().clone() for k, v in tensors.items()}
-    atomic_write(st_path, lambda tmp: save_file(tensors, tmp))
-    spec = getattr(learner.model, "model_spec", None)
-    doc = {
-        "format": FORMAT, "version": VERSION,
-        "model": spec, "learner": learner.config(), "optimizer": opt_meta,
-        "git_commit": git_commit(), "tensors_sha256": _sha256(st_path),
-        **(meta or {}),
-    }
-    atomic_write_text(js_path, json.dumps(doc, indent=2, default=str))
+    # both files are written and flushed first, then renamed back to back: a kill can no
+    # longer fall between new weights and an old sidecar (which made the run unresumable)
+    st_tmp = write_temp(st_path, lambda tmp: save_file(tensors, tmp))
+    try:
+        spec = getattr(learner.model, "model_spec", None)
+        doc = {
+            "format": FORMAT, "version": VERSION,
+            "model": spec, "learner": learner.config(), "optimizer": opt_meta,
+            "git_commit": git_commit(), "tensors_sha256": _sha256(Path(st_tmp)),
+            **(meta or {}),
+        }
+        js_tmp = write_temp(js_path, text_writer(json.dumps(doc, indent=2, default=str)))
+    except BaseException:
+        os.unlink(st_tmp)
+        raise
+    os.replace(st_tmp, st_path)
+    os.replace(js_tmp, js_path)
     return st_path
 
 

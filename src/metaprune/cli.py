@@ -12,9 +12,12 @@ import argparse
 import importlib
 import os
 import sys
+import time
 import warnings
+from pathlib import Path
 
 from . import distributed as mpdist
+from .demo import DEMO_RETRAIN_META_BATCH
 
 # modules that contribute subcommands (a missing optional module is skipped)
 COMMAND_MODULES = [
@@ -26,6 +29,8 @@ COMMAND_MODULES = [
 PARALLEL_COMMANDS = ("train", "evaluate", "prune", "demo")
 # evaluation: at least this many tasks per worker before another process pays for its start
 EVAL_TASKS_PER_WORKER = 25
+# seconds a rank other than 0 waits before printing its error (see main)
+NON_MAIN_ERROR_DELAY = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _work_units(args: argparse.Namespace) -> int | None:
-    """How many processes the command's work can keep busy (None: no cap)."""
-    if args.command == "evaluate" and args.tasks is not None:
-        return args.tasks // EVAL_TASKS_PER_WORKER
+    """How many processes the command's work can keep busy: the tasks of one meta-batch (or
+    evaluation); None when that cannot be read here (the command will say why)."""
+    try:
+        if args.command == "evaluate":
+            return None if args.tasks is None else args.tasks // EVAL_TASKS_PER_WORKER
+        if args.command == "demo":
+            return DEMO_RETRAIN_META_BATCH
+        if args.command == "train":
+            from .checkpoint import read_meta
+            from .config import load_config
+
+            ckpt = Path(args.out) / "model.json"
+            cfg = (read_meta(ckpt)["config"] if ckpt.exists()
+                   else load_config(args.config, args.set))
+            return int(cfg["train"]["meta_batch"])
+        if args.command == "prune":
+            from .checkpoint import read_meta
+
+            cfg = read_meta(args.checkpoint).get("config") or {}
+            return args.meta_batch or int((cfg.get("train") or {}).get("meta_batch", 4))
+    except Exception:  # noqa: BLE001 (any unreadable input: the command reports it)
+        return None
     return None
 
 
@@ -93,8 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args, argv)
     except (ValueError, FileNotFoundError) as e:
-        if mpdist.is_main():  # every rank got the same input and the same error
+        if mpdist.is_main():
             print(f"metaprune {args.command}: error: {e}", file=sys.stderr)
+        else:
+            # Bad input fails on every rank alike, and the launcher stops the other ranks as
+            # soon as rank 0 exits: wait a moment so that only rank 0 speaks. An error of this
+            # rank alone (its share of the tasks) is still shown.
+            time.sleep(NON_MAIN_ERROR_DELAY)
+            print(f"[rank {mpdist.rank()}] metaprune {args.command}: error: {e}",
+                  file=sys.stderr)
         return 2
     finally:
         mpdist.shutdown()

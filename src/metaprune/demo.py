@@ -17,12 +17,15 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .config import load_config
-from .distributed import barrier, is_main
+from .distributed import barrier, is_main, same_on_all_ranks
 from .evaluation import EvalResult, evaluate, paired_difference
 from .experiment import load_split, make_learner, test_tasks, train_sampler
 from .io import atomic_write_text
 from .masks import dense_masks, prunable_weights, sparsity_table
 from .training import last_iteration, meta_train
+
+# tasks per re-training iteration of the demo's pruning runs (its smallest meta-batch)
+DEMO_RETRAIN_META_BATCH = 4
 
 
 def demo_config(args: argparse.Namespace) -> dict:
@@ -43,10 +46,9 @@ def pruned_share(learner) -> float:
 
 def _evaluate_cached(learner, dataset, tasks, path: Path, device, desc: str,
                      progress: bool) -> EvalResult:
-    if path.exists():
-        res = EvalResult.load(path)
-        if res.task_fingerprint == tasks.fingerprint():
-            return res
+    cached = path.exists() and EvalResult.load(path).task_fingerprint == tasks.fingerprint()
+    if same_on_all_ranks(int(cached), f"whether '{path}' holds this evaluation"):
+        return EvalResult.load(path)
     res = evaluate(learner, dataset, tasks, device=device, progress=progress, desc=desc)
     if is_main():
         res.save(path)
@@ -88,7 +90,7 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
         pruned = load_checkpoint(dense_ck, device=device).learner
         t0 = time.perf_counter()
         prune(pruned, sampler, method=method, sparsity=args.sparsity, schedule="default",
-              retrain_iters=args.retrain_iters, meta_batch=4, tasks=20,
+              retrain_iters=args.retrain_iters, meta_batch=DEMO_RETRAIN_META_BATCH, tasks=20,
               include_first=not args.exclude_first, include_last=not args.exclude_last,
               out_dir=out / method, meta={"config": cfg, "data": cfg["data"]}, device=device,
               progress=progress)

@@ -36,7 +36,8 @@ import torch.distributed as dist
 T = TypeVar("T")
 
 __all__ = ["is_distributed", "rank", "world_size", "is_main", "shard_range", "shard",
-           "all_reduce_sum_", "gather_in_order", "broadcast_", "barrier", "init_from_env",
+           "all_reduce_sum_", "gather_in_order", "broadcast_", "barrier", "same_on_all_ranks",
+           "init_from_env",
            "physical_cores", "resolve_threads", "apply_threads", "resolve_workers", "launch",
            "in_launched_job", "shutdown", "die_with_launcher", "tune_allocator"]
 
@@ -120,6 +121,21 @@ def barrier() -> None:
         dist.barrier()
 
 
+def same_on_all_ranks(value: int, what: str) -> int:
+    """``value`` if every rank holds the same, else a ValueError naming ``what``: ranks that
+    read different run state from disk (a run folder that is not shared between nodes) would
+    otherwise make different numbers of collective calls and hang."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value, -value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if t[0] != value or -t[1] != value:
+        raise ValueError(f"the ranks disagree on {what} (this rank: {value}, range "
+                         f"{-int(t[1])}..{int(t[0])}): the run folder must be on a filesystem "
+                         "that every rank sees")
+    return value
+
+
 # ---- set-up ------------------------------------------------------------------------------------
 def in_launched_job() -> bool:
     """True in a process started by torchrun / ``--workers`` (``WORLD_SIZE`` is set)."""
@@ -160,8 +176,8 @@ def init_from_env(device: str) -> str:
                              "start at most one process per GPU (--nproc-per-node)")
         device = f"cuda:{local}"
         torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+    if not dist.is_initialized():  # small CPU tensors (flags, counts) go through gloo
+        dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     return device
 
 

@@ -18,7 +18,14 @@ from tqdm.auto import tqdm
 
 from .checkpoint import paths, read_meta, save_checkpoint
 from .data.tasks import OffsetSampler, TaskSampler
-from .distributed import barrier, broadcast_, is_main, shard_range, world_size
+from .distributed import (
+    barrier,
+    broadcast_,
+    is_main,
+    same_on_all_ranks,
+    shard_range,
+    world_size,
+)
 from .learners import Learner
 
 
@@ -50,6 +57,7 @@ def meta_train(learner: Learner, sampler: TaskSampler | OffsetSampler, iteration
         meta.setdefault("train_seconds_before", float(before.get("train_seconds", 0.0)))
     meta["torch_threads"] = sorted(threads | set(meta.get("torch_threads", [])))
     meta["world_sizes"] = sorted(worlds | set(meta.get("world_sizes", [])))
+    same_on_all_ranks(start_iteration, "the iteration to resume from")
     progress = progress and is_main()
     # every rank starts from rank 0's weights (they are equal already when every rank built
     # the model from the same seed or checkpoint; this makes it a guarantee)
@@ -60,7 +68,9 @@ def meta_train(learner: Learner, sampler: TaskSampler | OffsetSampler, iteration
     t0 = time.perf_counter()
     for it in bar:
         tasks = [t.to(device) for t in sampler.batch(it * meta_batch + mine.start, len(mine))]
-        stats = learner.meta_step(tasks, batch_size=meta_batch)
+        # (a learner subclass with the one-argument meta_step still works in one process)
+        stats = (learner.meta_step(tasks, batch_size=meta_batch) if world_size() > 1
+                 else learner.meta_step(tasks))
         stats["iteration"] = it + 1
         history.append(stats)
         if on_step is not None:

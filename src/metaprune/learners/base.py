@@ -165,7 +165,7 @@ class Learner:
             for (k, p), h in zip(named.items(), has.tolist()):
                 if h and sums.get(k) is None:  # this rank's tasks did not reach k
                     sums[k] = torch.zeros_like(p, dtype=torch.float64)
-            all_reduce_sum_(g for g in sums.values() if g is not None)
+            all_reduce_sum_(sums[k] for k in named if sums.get(k) is not None)
         for k, p in named.items():
             g = sums.get(k)
             p.grad = None if g is None else (g / batch_size).to(p.dtype)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..distributed import barrier, is_main
+from ..distributed import barrier, is_main, same_on_all_ranks
 from ..evaluation import EvalResult, evaluate, paired_difference
 from ..io import atomic_write_text
 from ..learners import Learner
@@ -52,10 +52,10 @@ class Validator:
 
     def result(self, name: str, learner: Learner) -> EvalResult:
         path = self.dir / f"{name}.json"
-        if path.exists():
-            res = EvalResult.load(path)
-            if res.task_fingerprint == self.tasks.fingerprint():
-                return res
+        cached = path.exists() and EvalResult.load(path).task_fingerprint == (
+            self.tasks.fingerprint())
+        if same_on_all_ranks(int(cached), f"whether '{path}' holds this evaluation"):
+            return EvalResult.load(path)
         res = evaluate(learner, self.dataset, self.tasks, device=self.device,
                        progress=self.progress, desc=f"validate {name}")
         if is_main():

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -20,7 +18,7 @@ from .criteria import (
     H_DATA_CHOICES,
     OBS_WEIGHTS_CHOICES,
 )
-from .pruner import PruneConfig, prune, scoring_tasks
+from .pruner import PruneConfig, check_resumable, prune, scoring_tasks
 from .structured import STRUCTURED_METHODS
 
 
@@ -243,12 +241,12 @@ def _validator(args: argparse.Namespace, ck, device):
     cfg = ck.meta.get("config") or {}
     data = cfg.get("data") or {}
     split = args.val_split or data.get("val_split") or "val"
+    if split == data.get("test_split"):
+        raise ValueError(f"--val-split '{split}' is the test split; choose and check the "
+                         "model on tasks the test never sees")
     try:
         if not cfg or "eval" not in cfg:
             raise ValueError(f"checkpoint '{args.checkpoint}' has no config in its sidecar")
-        if split == data.get("test_split"):
-            raise ValueError(f"--val-split '{split}' is the test split; choose the model on "
-                             "tasks the test never sees")
         dataset = load_split({**data, "val_split": split}, "val_split")
         tasks = test_tasks(cfg, dataset, args.val_tasks, split)
     except (ValueError, FileNotFoundError) as e:
@@ -275,9 +273,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ck, sampler, device = _checkpoint_and_sampler(args)
     train_cfg = (ck.meta.get("config") or {}).get("train") or {}
     meta_batch = args.meta_batch or int(train_cfg.get("meta_batch", 4))
-    described = apply_preset(args, int(ck.meta.get("iteration") or train_cfg.get(
-        "iterations") or 0))
-    if is_main():
+    # the dense model's training: a pruned or slim input records its re-training instead
+    dense_its = (ck.meta.get("iteration") if ck.meta.get("kind") in (None, "dense")
+                 else train_cfg.get("iterations"))
+    described = apply_preset(args, int(dense_its or 0))
+    if is_main() and args.method not in STRUCTURED_METHODS:
         print(described, file=sys.stderr, flush=True)
     if args.method in STRUCTURED_METHODS:
         if args.max_drop is not None:
@@ -296,12 +296,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     val, split = _validator(args, ck, device) if args.val_tasks > 0 else (None, None)
     budget = DEFAULT_GUARD_DROP if args.max_drop is None else args.max_drop
     curve: list[ValidationPoint] = []
+    state = check_resumable(args.out, cfg)  # before anything of that run is used
     if val is not None:
         curve.append(val.point(0, 0.0, ck.learner))
         if args.max_drop is not None:  # rounds a killed run finished: validate them too
-            state = Path(args.out) / "state.json"
-            done = json.loads(state.read_text()).get("rounds", []) if state.exists() else []
-            for r in done:
+            for r in (state or {}).get("rounds", []):
                 learner = load_checkpoint(r["checkpoint"], device=device).learner
                 curve.append(val.point(r["round"], r["sparsity"], learner, r["checkpoint"]))
                 if curve[-1].drop > budget:
@@ -344,23 +343,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     best = best_round(curve, budget)
     write_curve(args.out, curve, args.max_drop, best, split)
     final = curve[-1]
-    if args.max_drop is not None:
-        if best is None:
-            print(f"no round kept the validation drop within {budget:g} points: round "
-                  f"{final.round} ({100 * final.sparsity:.1f}%) lost {final.drop:.2f}")
-        else:
-            print(f"sparsest model within {budget:g} points on {len(val.tasks)} {split} tasks: "
-                  f"round {best.round}, {100 * best.sparsity:.2f}% of the pruned layers' "
-                  "weights pruned, validation "
-                  f"{best.accuracy:.2f}% vs dense {curve[0].accuracy:.2f}% (drop "
-                  f"{best.drop:+.2f} +- {best.drop_ci95:.2f}) -> {best.checkpoint}")
-    if final.round > 0 and final.drop > budget:
-        names = list(learner.masks)
-        kept = {n: float(learner.masks[n].mean()) for n in names}
-        if args.max_drop is not None:  # the model that broke the budget
-            m = load_checkpoint(final.checkpoint, device=device).learner.masks
-            kept = {n: float(m[n].mean()) for n in names}
-        hint = advice(starved_layers(learner.model, kept), names, args.retrain_iters)
+    if args.max_drop is not None and best is not None:
+        print(f"sparsest model within {budget:g} points on {len(val.tasks)} {split} tasks: "
+              f"round {best.round}, {100 * best.sparsity:.2f}% of the pruned layers' weights "
+              f"pruned, validation {best.accuracy:.2f}% vs dense {curve[0].accuracy:.2f}% "
+              f"(drop {best.drop:+.2f} +- {best.drop_ci95:.2f}) -> {best.checkpoint}")
+        if final.round != best.round:
+            print(f"pruning stopped after round {final.round} "
+                  f"({100 * final.sparsity:.1f}%), which lost {final.drop:.2f} points")
+    elif final.round > 0 and final.drop > budget:
+        # nothing within the budget: the final model, and what most likely helps it
+        m = load_checkpoint(final.checkpoint, device=device).learner.masks
+        kept = {n: float(v.mean()) for n, v in m.items()}
+        names = prunable_weights(ck.learner.model)
+        starved = starved_layers(ck.learner.model, kept)
+        hint = advice(starved, [n for n in names if n in m] or names, args.retrain_iters)
         print(f"warning: the pruned model (round {final.round}, {100 * final.sparsity:.1f}%) "
               f"scores {final.accuracy:.2f}% on {len(val.tasks)} {split} tasks against "
               f"{curve[0].accuracy:.2f}% dense: {final.drop:.2f} points lost, more than "

@@ -201,7 +201,7 @@ def obs_compensation(weight: torch.Tensor, hinv: torch.Tensor, pruned: torch.Ten
         sizes = solve_set.sum(1)
         order = torch.argsort(sizes)
         sel, solve_set, sizes = sel[order], solve_set[order], sizes[order]
-        per = max(1, chunk_bytes // (int(sizes.max()) * d * hinv.element_size()))
+        per = max(1, chunk_bytes // (max(1, int(sizes.max())) * d * hinv.element_size()))
         for s in range(0, len(sel), per):
             u, S, k = sel[s: s + per], solve_set[s: s + per], sizes[s: s + per]
             kmax = int(k.max())
@@ -308,8 +308,8 @@ class _OBS(Criterion):
                     for ly in layers:
                         w = _weight_matrix_of(modules[ly], adapted.params, ly).double()
                         m = adapted_moments[f"{ly}.weight"]
-                        m[0] += w / len(tasks)
-                        m[1] += w ** 2 / len(tasks)
+                        m[0] += w          # sums now, divided once summed over the ranks
+                        m[1] += w ** 2
                 with torch.no_grad():
                     switch["on"] = True
                     try:
@@ -322,6 +322,9 @@ class _OBS(Criterion):
         sum_over_ranks(accs)
         if adapted_moments is not None:
             all_reduce_sum_(t for m in adapted_moments.values() for t in m)
+            for m in adapted_moments.values():
+                m[0] /= len(tasks)
+                m[1] /= len(tasks)
         if input_means is not None:
             input_means.update({f"{ly}.weight": a.mean_input() for ly, a in accs.items()
                                 if a.count > 0})
@@ -388,7 +391,10 @@ class _OBS(Criterion):
                 continue
             w = scores.start.get(n, weight_matrix(mod).detach())
             # the damped H itself, for units that keep fewer weights than they lose
-            h = torch.cholesky_inverse(torch.linalg.cholesky(hi)) if mode == "joint" else None
+            h = None
+            if mode == "joint":
+                L, info = torch.linalg.cholesky_ex(hi)
+                h = torch.cholesky_inverse(L) if int(info) == 0 else None  # else: pruned block
             delta = obs_compensation(w, hi, pruned, mode, hessian=h)
             with torch.no_grad():
                 mod.weight.add_(delta[:, :k].reshape(mod.weight.shape))

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from ..checkpoint import paths, read_meta, save_checkpoint
 from ..data.tasks import OffsetSampler, Task, TaskSampler
-from ..distributed import barrier, broadcast_, is_main, world_size
+from ..distributed import barrier, broadcast_, is_main, same_on_all_ranks, world_size
 from ..io import atomic_write_text
 from ..learners import Learner
 from ..masks import Masks, prunable_weights, sparsity_table
@@ -32,6 +32,7 @@ from .allocation import allocate, cumulative_targets, exact_count, parse_schedul
 from .criteria import DEFAULT_PATCH_STRIDE, Criterion, Random, get_criterion
 
 __all__ = ["PruneConfig", "RoundResult", "prune", "prune_step", "restore_checkpoint",
+           "check_resumable",
            "scoring_tasks", "starved_layers", "FEW_INPUTS_PER_UNIT", "SCORE_TASK_OFFSET",
            "RETRAIN_TASK_OFFSET"]
 
@@ -222,6 +223,26 @@ def _warn_few_inputs(learner: Learner, ratios: Mapping[str, float]) -> None:
             stacklevel=3)
 
 
+def check_resumable(out_dir: str | os.PathLike, config: PruneConfig) -> dict | None:
+    """The ``state.json`` of the pruning run in ``out_dir`` (None if there is none); a
+    ValueError if that run was made with another configuration."""
+    state_path = Path(out_dir) / "state.json"
+    if not state_path.exists():
+        return None
+    state = json.loads(state_path.read_text())
+    # a run saved before an option existed holds that option at its default
+    defaults = json.loads(json.dumps(asdict(PruneConfig())))
+    saved = state.get("config")
+    if isinstance(saved, dict):
+        saved = {**defaults, **saved}
+    if saved != json.loads(json.dumps(asdict(config))):
+        raise ValueError(f"'{out_dir}' holds a pruning run with another configuration "
+                         f"({state.get('config')}); use another --out or the same options "
+                         "(a run made before 'metaprune prune --preset' existed resumes with "
+                         "--preset paper)")
+    return state
+
+
 def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = None, *,
           out_dir: str | os.PathLike | None = None, meta: dict | None = None,
           device: str | torch.device = "cpu", progress: bool = True,
@@ -259,17 +280,8 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "state.json"
-        if state_path.exists():
-            state = json.loads(state_path.read_text())
-            # a run saved before an option existed holds that option at its default
-            defaults = json.loads(json.dumps(asdict(PruneConfig())))
-            saved = state.get("config")
-            if isinstance(saved, dict):
-                saved = {**defaults, **saved}
-            if saved != cfg_doc:
-                raise ValueError(f"'{out}' holds a pruning run with another configuration "
-                                 f"({state.get('config')}); use another --out or the same "
-                                 "options")
+        state = check_resumable(out, cfg)
+        if state is not None:
             results = [RoundResult(**r) for r in state.get("rounds", [])]
             if results:
                 restore_checkpoint(learner, out / f"round{results[-1].round:02d}")
@@ -279,6 +291,9 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
             if wmeta.get("pruning", {}).get("round") == len(results) + 1:
                 restore_checkpoint(learner, work)
                 resume_iter = int(wmeta.get("iteration", 0))
+        same_on_all_ranks(len(results), f"the rounds finished in '{out}'")
+        same_on_all_ranks(-1 if resume_iter is None else resume_iter,
+                          f"the re-training iteration to resume from in '{out}'")
         barrier()  # every rank has read the run's state before rank 0 writes any
         if not state_path.exists() and is_main():
             atomic_write_text(state_path, json.dumps(
