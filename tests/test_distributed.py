@@ -74,6 +74,33 @@ def _train(out: Path, workers: int, iterations: int) -> subprocess.Popen:
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # state, ppid, ...
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (st := _stat(int(d.name))) is not None:
+            parents[int(d.name)] = int(st[1])
+    out, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, pp in parents.items() if pp in frontier]
+        out += kids
+        frontier = kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
+
+
 def _iteration(out: Path) -> int:
     try:
         return int(json.loads((out / "model.json").read_text())["iteration"])
@@ -102,9 +129,12 @@ def test_two_worker_training_killed_and_resumed_ends_where_uninterrupted_does(
     while _iteration(run) < 2 and p.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert p.poll() is None, p.communicate()[1].decode()
-    os.killpg(p.pid, signal.SIGKILL)       # the launcher and both workers
+    workers = _descendants(p.pid)
+    assert len(workers) >= 2, workers
+    os.killpg(p.pid, signal.SIGKILL)       # the launcher's process group: not the workers'
     p.wait(timeout=60)
     time.sleep(0.5)  # the workers die with the launcher (PR_SET_PDEATHSIG); none writes on
+    assert not [w for w in workers if _alive(w)], "workers outlived their launcher"
     killed_at = _iteration(run)
     assert 2 <= killed_at < ITERATIONS, f"killed at iteration {killed_at}"
     p = _train(run, resume_workers, ITERATIONS)   # 1: resume at another world size
