@@ -36,6 +36,13 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def slug(label: str) -> str:
+    """A file name for a row label: 'anp, --preset paper' -> 'anp_paper', 'anp, --max-drop
+    1 (chose 85.0%)' -> 'anp_maxdrop1'."""
+    return (label.split(" (")[0].replace(", --preset ", "_").replace(", --max-drop ",
+                                                                      "_maxdrop"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
@@ -43,6 +50,9 @@ def main() -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--sparsity", default="0.85")
     p.add_argument("--paper", action="store_true", help="also anp under --preset paper")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="also anp with --max-drop POINTS (sparsity up to 0.95): the round it "
+                   "chooses on validation tasks is evaluated on the test tasks")
     args = p.parse_args()
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,19 +64,33 @@ def main() -> None:
     jobs = [("anp", ["--method", "anp"]), ("magnitude", ["--method", "magnitude"])]
     if args.paper:
         jobs.append(("anp, --preset paper", ["--method", "anp", "--preset", "paper"]))
+    if args.max_drop is not None:
+        jobs.append((f"anp, --max-drop {args.max_drop:g}",
+                     ["--method", "anp", "--max-drop", f"{args.max_drop:g}"]))
     evals = {"dense": dense / "model"}
     for label, opts in jobs:
-        out = run_dir / label.replace(", --preset ", "_")
-        seconds[label] = run(["metaprune", "prune", str(dense / "model"), *opts, "--sparsity",
-                              args.sparsity, "--out", str(out), "--no-progress"], log)
-        state = json.loads((out / "state.json").read_text())
-        evals[label] = Path(state["rounds"][-1]["checkpoint"])
+        out = run_dir / slug(label)
+        sparsity = [] if "--max-drop" in opts else ["--sparsity", args.sparsity]
+        seconds[label] = run(["metaprune", "prune", str(dense / "model"), *opts, *sparsity,
+                              "--out", str(out), "--no-progress"], log)
+        if "--max-drop" in opts:  # the round chosen on validation tasks
+            best = json.loads((out / "validation.json").read_text())["best"]
+            if best is None:
+                continue
+            evals[f"{label} (chose {100 * best['sparsity']:.1f}%)"] = Path(best["checkpoint"])
+        else:
+            state = json.loads((out / "state.json").read_text())
+            evals[label] = Path(state["rounds"][-1]["checkpoint"])
+    # a command run again only resumes: keep the time of the run that did the work
+    times_path = run_dir / "seconds.json"
+    before = json.loads(times_path.read_text()) if times_path.exists() else {}
+    seconds = {k: max(v, before.get(k, 0.0)) for k, v in {**before, **seconds}.items()}
+    times_path.write_text(json.dumps(seconds, indent=2))
     results: dict[str, EvalResult] = {}
     for label, ck in evals.items():
-        save = run_dir / f"test_{label.replace(', --preset ', '_')}.json"
+        save = run_dir / f"test_{slug(label)}.json"
         if not save.exists():
-            seconds[f"evaluate {label}"] = run(["metaprune", "evaluate", str(ck), "--save",
-                                                str(save), "--no-progress"], log)
+            run(["metaprune", "evaluate", str(ck), "--save", str(save), "--no-progress"], log)
         results[label] = EvalResult.load(save)
     rows = []
     for label, res in results.items():
@@ -80,7 +104,8 @@ def main() -> None:
                 row.update(diff_vs_magnitude=round(100 * m.mean, 2),
                            vs_magnitude_ci95=round(100 * m.ci95, 2))
             row["checkpoint"] = str(evals[label])
-        row["command_seconds"] = round(seconds.get(label if label != "dense" else "train", 0))
+        command = "train" if label == "dense" else label.split(" (chose")[0]
+        row["command_seconds"] = round(seconds.get(command, 0))
         rows.append(row)
     notes = (f"Config `{args.config}`, CLI defaults (`--preset recommended` unless the row "
              f"says otherwise), sparsity {args.sparsity} of the pruned layers' weights; paired "
