@@ -606,6 +606,8 @@ now the default of `metaprune prune` (`--preset recommended`, with max(100, dens
 published, and the benchmarks report both. On the shipped Omniglot 5-way CPU config with the
 CLI defaults, anp at 85% ended +0.51 +- 0.37 points of dense and +0.37 +- 0.30 ahead of
 magnitude; `--preset paper` -0.61 +- 0.37 ([ootb_omniglot5.md](results/ootb_omniglot5.md)).
+On the shipped 20-way CPU config (Conv4-32) the same defaults lose 11.67 +- 0.35 points at 85%
+(magnitude 17.46; [ootb_omniglot20.md](results/ootb_omniglot20.md)): not yet good enough.
 """
 
 
