@@ -353,7 +353,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
                   f"({100 * final.sparsity:.1f}%), which lost {final.drop:.2f} points")
     elif final.round > 0 and final.drop > budget:
         # nothing within the budget: the final model, and what most likely helps it
-        m = load_checkpoint(final.checkpoint, device=device).learner.masks
+        # the learner holds the final round unless pruning was skipped (a resumed run
+        # already over budget): only then is its checkpoint read again
+        m = (learner.masks if results
+             else load_checkpoint(final.checkpoint, device=device).learner.masks)
         kept = {n: float(v.mean()) for n, v in m.items()}
         names = prunable_weights(ck.learner.model)
         starved = starved_layers(ck.learner.model, kept)
