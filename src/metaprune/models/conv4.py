@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .layers import MaxPool2
 from .registry import register_model
 
 
@@ -16,7 +17,7 @@ def conv_block(c_in: int, c_out: int, pool: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1),
                                nn.BatchNorm2d(c_out, track_running_stats=False), nn.ReLU()]
     if pool:
-        layers.append(nn.MaxPool2d(2))
+        layers.append(MaxPool2())
     return nn.Sequential(*layers)
 
 

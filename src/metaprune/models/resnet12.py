@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import MaxPool2
 from .registry import register_model
 
 
@@ -23,7 +24,7 @@ class ResBlock(nn.Module):
         self.bn3 = _bn(c_out)
         self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), _bn(c_out))
         self.act = nn.LeakyReLU(0.1)
-        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.pool = MaxPool2(ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))

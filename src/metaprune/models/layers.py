@@ -1,0 +1,44 @@
+"""Small building blocks shared by the backbones."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Inputs (elements) from which the strided-maxima path beats nn.MaxPool2d without autograd on
+# CPU; measured by benchmarks/maxpool.py (benchmarks/results/maxpool.md), torch 2.13, 1 thread.
+FAST_POOL_MIN_NUMEL = 20_000
+
+
+def max_pool2_values(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
+    """The values of ``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as two element-wise maxima
+    of strided views (NaN propagates as in max-pooling)."""
+    if ceil_mode:  # an odd last row / column is a window of its own
+        x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2), value=float("-inf"))
+    cols = torch.maximum(x[..., :-1:2], x[..., 1::2])
+    return torch.maximum(cols[..., :-1:2, :], cols[..., 1::2, :])
+
+
+class MaxPool2(nn.Module):
+    """``nn.MaxPool2d(2, ceil_mode=ceil_mode)``, with a faster path for large CPU inputs that
+    need no gradient (the query pass of an evaluation): same values, so the path never changes
+    a result. With torch 2.13 on one CPU thread, nn.MaxPool2d's forward took 10-12x longer
+    than :func:`max_pool2_values` on Conv4's first-layer query batch; under autograd,
+    torch.maximum's backward makes the maxima 2.5-5x slower, so training keeps nn.MaxPool2d
+    (benchmarks/results/maxpool.md)."""
+
+    def __init__(self, ceil_mode: bool = False):
+        super().__init__()
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (isinstance(x, torch.Tensor) and x.device.type == "cpu"
+                and not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and x.numel() >= FAST_POOL_MIN_NUMEL):
+            return max_pool2_values(x, self.ceil_mode)
+        return F.max_pool2d(x, 2, ceil_mode=self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size=2, stride=2, ceil_mode={self.ceil_mode}"
