@@ -78,19 +78,20 @@ def write_results(stem: Path, title: str, notes: str, rows: list[dict], tail: st
     atomic_write_text(stem.with_suffix(".md"), md)
 
 
-def cached_evaluation(path: Path, tasks, evaluate_now):
-    """The ``EvalResult`` saved at ``path`` if it was made on ``tasks`` (same fingerprint);
-    otherwise ``evaluate_now()``, timed (``meta["eval_seconds"]``) and saved there."""
+def cached_evaluation(path: Path, tasks, learner, evaluate_now):
+    """The ``EvalResult`` saved at ``path`` if it is the evaluation of ``learner`` (same
+    weights, masks, config and steps) on ``tasks``; otherwise ``evaluate_now(learner)``,
+    timed (``meta["eval_seconds"]``) and saved there."""
     import time
 
     from metaprune.evaluation import EvalResult
 
     if path.exists():
         res = EvalResult.load(path)
-        if res.task_fingerprint == tasks.fingerprint():
+        if res.matches(tasks, learner):
             return res
     t0 = time.perf_counter()
-    res = evaluate_now()
+    res = evaluate_now(learner)
     res.meta["eval_seconds"] = time.perf_counter() - t0
     res.save(path)
     return res

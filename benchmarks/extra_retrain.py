@@ -97,8 +97,8 @@ def main() -> None:
                    progress=progress, desc=f"{label} +{n}")
         seconds = float(read_meta(out)["train_seconds"])  # meta_train records it
         res = cached_evaluation(
-            out.with_name(out.name + "_eval.json"), tasks,
-            lambda lrn=learner, desc=f"eval {label}": evaluate(
+            out.with_name(out.name + "_eval.json"), tasks, learner,
+            lambda lrn, desc=f"eval {label}": evaluate(
                 lrn, test_data, tasks, progress=progress, desc=desc))
         extra[label] = res
         rows.append({"model": f"{label}+{n}", "extra_iterations": n, "sparsity": sparsity,

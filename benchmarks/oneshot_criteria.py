@@ -78,8 +78,8 @@ def main() -> None:
     progress = not args.no_progress
 
     def cached(key: str, make) -> EvalResult:
-        return cached_evaluation(cache / f"{key}.json", tasks, lambda: evaluate(
-            make(), test_data, tasks, progress=progress, desc=key))
+        return cached_evaluation(cache / f"{key}.json", tasks, make(), lambda lrn: evaluate(
+            lrn, test_data, tasks, progress=progress, desc=key))
 
     dense = cached("dense", lambda: load_checkpoint(run / "dense").learner)
     rows = [_row("dense", 0.0, dense, None)]

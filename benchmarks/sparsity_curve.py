@@ -158,7 +158,7 @@ def main() -> None:
                          if dense_doc.get("torch_threads") else {})
 
     def cached_eval(lrn, path: Path, desc: str) -> EvalResult:
-        return cached_evaluation(path, tasks, lambda: evaluate(
+        return cached_evaluation(path, tasks, lrn, lambda lrn: evaluate(
             lrn, test_data, tasks, device=args.device, progress=progress, desc=desc))
 
     dense = cached_eval(learner, run / "eval_dense.json", "evaluate dense")

@@ -18,8 +18,9 @@ warm-up iteration; the evaluation stops early in a mode slower than ``--eval-cap
 reports the time extrapolated to 600 tasks (column ``measured`` says how many ran).
 metaprune's processes tune glibc's allocator as the ``metaprune`` command does
 (``metaprune.distributed.tune_allocator``); one more idle mode runs the grid without it, a
-mode with all threads and glibc's allocator stands for the defaults before metaprune chose
-them, and the anchor runs with the default allocator, as a user of ``higher`` gets it.
+mode with all threads, glibc's allocator and nn.MaxPool2d's kernel everywhere stands for the
+defaults before metaprune chose them, and the anchor runs with the default allocator, as a
+user of ``higher`` gets it.
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ def worker(args: argparse.Namespace) -> None:
     mpdist.apply_threads(args.threads)
     if not args.default_malloc:
         mpdist.tune_allocator()  # as the metaprune command does
+    if args.nn_pool:  # the pooling before MaxPool2's fast path: nn.MaxPool2d's kernel always
+        import metaprune.models.layers
+
+        metaprune.models.layers.FAST_POOL_MIN_NUMEL = sys.maxsize
     device = mpdist.init_from_env(args.device)
     out: dict = {"train": {}, "world_size": mpdist.world_size()}
     for w in (GRID if args.grid else [DEMO]):
@@ -170,14 +175,15 @@ def anchor(args: argparse.Namespace) -> None:
 
 
 def run_mode(args, workers: int, threads: int, grid: bool, anp: bool,
-             default_malloc: bool = False) -> dict:
+             default_malloc: bool = False, nn_pool: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         js = str(Path(tmp) / "out.json")
         tail = [str(Path(__file__).resolve()), "--worker", "--json", js, "--threads",
                 str(threads), "--seconds", str(args.seconds), "--eval-cap", str(args.eval_cap),
                 "--device", args.device] + (["--grid"] if grid else []) + (
                     ["--anp"] if anp else []) + (
-                    ["--default-malloc"] if args.default_malloc or default_malloc else [])
+                    ["--default-malloc"] if args.default_malloc or default_malloc else []) + (
+                    ["--nn-pool"] if nn_pool else [])
         cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={workers}"] if workers > 1 else [sys.executable]) + tail
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -196,6 +202,7 @@ def main() -> None:
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's allocator as it is in the metaprune processes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--nn-pool", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--anchor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -211,25 +218,26 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     n = torch.cuda.device_count() if cuda else mpdist.physical_cores()
     cores = os.cpu_count() or 1
-    # (label, workers, threads, glibc's default allocator)
-    modes = [("1 process x 1 thread", 1, 1, False),
-             (f"1 process x {cores} threads", 1, cores, False),
-             (f"1 process x {cores} threads, glibc allocator (the defaults before metaprune "
-              "set threads, workers and allocator)", 1, cores, True),
-             (f"{n} workers x 1 thread (metaprune's default)", n, 1, False)]
+    # (label, workers, threads, glibc's default allocator, nn.MaxPool2d everywhere)
+    modes = [("1 process x 1 thread", 1, 1, False, False),
+             (f"1 process x {cores} threads", 1, cores, False, False),
+             (f"1 process x {cores} threads, glibc allocator, nn.MaxPool2d (the defaults "
+              "before metaprune set threads, workers, allocator and pooling)", 1, cores, True,
+              True),
+             (f"{n} workers x 1 thread (metaprune's default)", n, 1, False, False)]
     base, default = modes[0][0], modes[3][0]
     results: dict[tuple[str, str], dict] = {}
     for loaded in (False, True):
         busy = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 if loaded else None)
         try:
-            for label, workers, threads, plain_malloc in modes:
+            for label, workers, threads, plain_malloc, nn_pool in modes:
                 grid = not loaded and label in (base, default)
                 anp = not loaded and label == base
                 load = "one busy process" if loaded else "idle"
                 print(f"{label}, {load} ...", file=sys.stderr, flush=True)
                 results[(label, load)] = run_mode(args, workers, threads, grid, anp,
-                                                  plain_malloc)
+                                                  plain_malloc, nn_pool)
             if not loaded and not args.default_malloc:  # what tune_allocator() buys
                 label = "1 process x 1 thread, glibc's default allocator"
                 print(f"{label}, idle ...", file=sys.stderr, flush=True)

@@ -118,7 +118,7 @@ def test_end_of_run_check_reports_a_model_that_lost_too_much(dense, tmp_path, ca
 def test_bad_budget_options_fail_before_any_work(dense, tmp_path, capsys) -> None:
     base = ["prune", str(dense), "--out", str(tmp_path / "p"), "--no-progress"]
     assert main([*base, "--max-drop", "-1"]) == 2
-    assert "--max-drop must be >= 0" in capsys.readouterr().err
+    assert "argument --max-drop: must be a finite number >= 0" in capsys.readouterr().err
     assert main([*base, "--max-drop", "1", "--val-split", "test"]) == 2
     assert "is the test split" in capsys.readouterr().err
     assert main([*base, "--max-drop", "1", "--val-split", "nosuch"]) == 2

@@ -79,3 +79,28 @@ def test_demo_exclude_first_last_keeps_those_layers_dense(tmp_path) -> None:
     total = sum(params[n].numel() for n in names)
     assert rows["anp"]["sparsity"] == removed / total  # reported over ALL conv/linear weights
     assert rows["anp"]["sparsity"] < 0.85
+
+
+@pytest.mark.parametrize("argv, flag, message", [
+    (["evaluate", "ck", "--steps", "-1"], "--steps", "must be >= 0, got -1"),
+    (["evaluate", "ck", "--tasks", "0"], "--tasks", "must be >= 1, got 0"),
+    (["evaluate", "ck", "--threads", "0"], "--threads", "must be >= 1, got 0"),
+    (["train", "--out", "o", "--workers", "-2"], "--workers", "must be >= 1, got -2"),
+    (["train", "--out", "o", "--eval-tasks", "x"], "--eval-tasks", "expected an integer, got 'x'"),
+    (["demo", "--sparsity", "1.5"], "--sparsity", "must be a finite number > 0 and < 1"),
+    (["demo", "--iterations", "0"], "--iterations", "must be >= 1"),
+    (["prune", "ck", "--sparsity", "0"], "--sparsity", "> 0 and < 1, got 0"),
+    (["prune", "ck", "--max-drop", "nan"], "--max-drop", "must be a finite number >= 0"),
+    (["prune", "ck", "--meta-batch", "0"], "--meta-batch", "must be >= 1"),
+    (["prune", "ck", "--checkpoint-every", "0"], "--checkpoint-every", "must be >= 1"),
+    (["prune", "ck", "--damping", "0"], "--damping", "> 0"),
+    (["prune", "ck", "--patch-stride", "0"], "--patch-stride", "must be >= 1"),
+    (["prune", "ck", "--retrain-iters", "-1"], "--retrain-iters", "must be >= 0"),
+    (["adapt", "m.mpz", "--support", "s", "--query", "q", "--steps", "-3"], "--steps",
+     "must be >= 0"),
+    (["export-episode", "--out", "o", "--n-way", "1"], "--n-way", "must be >= 2"),
+])
+def test_numeric_flags_are_range_checked_naming_the_flag(argv, flag, message, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and message in err, err

@@ -121,8 +121,8 @@ def test_runtime_imports_only_allowed_modules(tmp_path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     mods = eval(out.stdout.strip().splitlines()[-1])
     ours = sorted(m for m in mods if m.startswith("metaprune"))
-    assert all(m.startswith(("metaprune.deploy", "metaprune.models")) or m == "metaprune"
-               for m in ours), ours
+    assert all(m.startswith(("metaprune.deploy", "metaprune.models"))
+               or m in ("metaprune", "metaprune.finite") for m in ours), ours
     assert not [m for m in mods if m.startswith(FORBIDDEN)]
     assert "metaprune.deploy.runtime" in mods
 

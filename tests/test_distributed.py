@@ -167,9 +167,9 @@ def test_evaluate_with_two_workers_gives_the_per_task_accuracies_of_one(tmp_path
 
 def test_worker_and_thread_options_are_checked(tmp_path, capsys, monkeypatch) -> None:
     assert main(["evaluate", str(tmp_path / "x"), "--workers", "0"]) == 2
-    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert "argument --workers: must be >= 1" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "x"), "--threads", "0"]) == 2
-    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert "argument --threads: must be >= 1" in capsys.readouterr().err
     monkeypatch.setenv("METAPRUNE_THREADS", "two")
     assert main(["evaluate", str(tmp_path / "x")]) == 2
     assert "METAPRUNE_THREADS='two'" in capsys.readouterr().err

@@ -8,7 +8,6 @@ SHA-256 of the tensor file, so a crash between the two writes is detected on loa
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import subprocess
@@ -19,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .io import text_writer, write_temp
+from .finite import require_finite
+from .io import sha256_file, text_writer, write_temp
 from .learners import Learner, build_learner
 from .masks import Masks
 from .models import build_model
@@ -61,14 +61,6 @@ def paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_suffix(".safetensors"), p.with_suffix(".json")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: str | os.PathLike, learner: Learner, meta: dict | None = None,
                     with_optimizer: bool = True) -> Path:
     """Write the learner (model weights, masks, extras, optionally optimiser state)."""
@@ -83,23 +75,27 @@ def save_checkpoint(path: str | os.PathLike, learner: Learner, meta: dict | None
     for n, t in learner.extra_state().items():
         tensors[f"learner.{n}"] = t.detach()
     opt_meta = None
-    if with_optimizer and learner._optimizer is not None:
-        sd = learner._optimizer.state_dict()
+    sd = learner.optimizer_state() if with_optimizer else None
+    if sd is not None:
         for idx, state in sd["state"].items():
             for k, v in state.items():
                 if torch.is_tensor(v):
                     tensors[f"optim.{idx}.{k}"] = v.detach().reshape(v.shape)
-        opt_meta = {"param_groups": sd["param_groups"], "type": type(learner._optimizer).__name__}
+        opt_meta = {"param_groups": sd["param_groups"], "type": type(learner.optimizer).__name__}
     tensors = {k: v.contiguous().cpu().clone() for k, v in tensors.items()}
-    # both files are written and flushed first, then renamed back to back: a kill can no
-    # longer fall between new weights and an old sidecar (which made the run unresumable)
+    # Commit protocol: both files are written and flushed under temporary names, then renamed
+    # tensors first, sidecar second. A kill between the two renames leaves new tensors, the
+    # old sidecar and the new sidecar's temporary file, which read_meta() completes (roll
+    # forward); a kill before the first rename leaves the old pair intact.
+    _complete_commit(st_path, js_path)
+    _remove_stale_temps(st_path, js_path)
     st_tmp = write_temp(st_path, lambda tmp: save_file(tensors, tmp))
     try:
         spec = getattr(learner.model, "model_spec", None)
         doc = {
             "format": FORMAT, "version": VERSION,
             "model": spec, "learner": learner.config(), "optimizer": opt_meta,
-            "git_commit": git_commit(), "tensors_sha256": _sha256(Path(st_tmp)),
+            "git_commit": git_commit(), "tensors_sha256": sha256_file(st_tmp),
             **(meta or {}),
         }
         js_tmp = write_temp(js_path, text_writer(json.dumps(doc, indent=2, default=str)))
@@ -111,18 +107,79 @@ def save_checkpoint(path: str | os.PathLike, learner: Learner, meta: dict | None
     return st_path
 
 
+def _temps(path: Path) -> list[Path]:
+    """Temporary files that write_temp() made for ``path`` (see io.write_temp)."""
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def _remove_stale_temps(st_path: Path, js_path: Path) -> None:
+    for tmp in _temps(st_path) + _temps(js_path):
+        tmp.unlink(missing_ok=True)
+
+
+def _complete_commit(st_path: Path, js_path: Path) -> None:
+    """Roll forward a save_checkpoint() killed between its two renames: a sidecar temporary
+    whose digest matches the tensors file becomes the sidecar."""
+    pending = _temps(js_path)
+    if not pending or not st_path.exists():
+        return
+    digest = sha256_file(st_path)
+    for tmp in pending:
+        try:
+            if json.loads(tmp.read_text()).get("tensors_sha256") == digest:
+                os.replace(tmp, js_path)
+                return
+        except (OSError, ValueError):  # another rank completed it, or a half-written temp
+            continue
+
+
 def read_meta(path: str | os.PathLike) -> dict:
-    _, js_path = paths(path)
+    """The sidecar of a checkpoint (completing an interrupted save first)."""
+    st_path, js_path = paths(path)
+    _complete_commit(st_path, js_path)
     try:
         doc = json.loads(js_path.read_text())
     except FileNotFoundError as e:
         raise CheckpointError(f"checkpoint sidecar '{js_path}' does not exist") from e
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"checkpoint sidecar '{js_path}' is unreadable: {e}") from e
-    if doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"'{js_path}' is not a metaprune checkpoint (format="
-                              f"{doc.get('format')!r})")
+                              f"{doc.get('format') if isinstance(doc, dict) else None!r})")
     return doc
+
+
+def read_tensors(path: str | os.PathLike, device: str | torch.device = "cpu"
+                 ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Sidecar and tensors of a checkpoint, verified: the tensors file must match the digest
+    its sidecar records (mandatory) and hold only finite numbers."""
+    st_path, js_path = paths(path)
+    doc = read_meta(path)
+    if not st_path.exists():
+        raise CheckpointError(f"checkpoint tensors '{st_path}' do not exist")
+    if not isinstance(doc.get("tensors_sha256"), str):
+        raise CheckpointError(f"'{js_path}' records no tensors_sha256: not written by "
+                              "metaprune, or damaged")
+    if doc["tensors_sha256"] != sha256_file(st_path):
+        raise CheckpointError(f"'{st_path}' does not match its sidecar '{js_path}' "
+                              "(damaged or mixed files)")
+    try:
+        tensors = load_file(str(st_path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read '{st_path}': {e}") from e
+    require_finite(tensors, f"checkpoint '{st_path}'")
+    return doc, tensors
+
+
+def _optimizer_state(doc: dict, tensors: dict[str, torch.Tensor]) -> dict | None:
+    if not doc.get("optimizer"):
+        return None
+    st: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            st.setdefault(int(idx), {})[key] = v
+    return {"state": st, "param_groups": doc["optimizer"]["param_groups"]}
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
@@ -131,16 +188,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     """Rebuild model (from the registry, unless ``model`` is given) and learner; restore
     weights, masks, learner extras and (optionally) the optimiser state."""
     st_path, js_path = paths(path)
-    doc = read_meta(path)
-    if not st_path.exists():
-        raise CheckpointError(f"checkpoint tensors '{st_path}' do not exist")
-    if doc.get("tensors_sha256") and doc["tensors_sha256"] != _sha256(st_path):
-        raise CheckpointError(f"'{st_path}' does not match its sidecar '{js_path}' "
-                              "(interrupted write or mixed files)")
-    try:
-        tensors = load_file(str(st_path), device=str(device))
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read '{st_path}': {e}") from e
+    doc, tensors = read_tensors(path, device)
     if model is None:
         spec = doc.get("model")
         if not spec:
@@ -158,13 +206,25 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     learner.load_extra_state({k[8:]: v for k, v in tensors.items() if k.startswith("learner.")})
     masks = {k[5:]: v.float() for k, v in tensors.items() if k.startswith("mask.")}
     learner.set_masks(masks)
-    if with_optimizer and doc.get("optimizer"):
-        opt = learner.optimizer
-        st: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, key = k.split(".", 2)
-                st.setdefault(int(idx), {})[key] = v
-        opt.load_state_dict({"state": st, "param_groups": doc["optimizer"]["param_groups"]})
+    if with_optimizer:
+        learner.load_optimizer_state(_optimizer_state(doc, tensors))
     meta = {k: v for k, v in doc.items() if k not in ("tensors_sha256",)}
     return Checkpoint(learner, learner.masks, meta)
+
+
+def restore_checkpoint(learner: Learner, path: str | os.PathLike) -> dict:
+    """Load weights, buffers, masks, learner extras and optimiser state of a checkpoint into an
+    EXISTING learner (works for user models/learners that the registries do not know)."""
+    dev = next(learner.model.parameters()).device
+    doc, tensors = read_tensors(path, dev)
+    with torch.no_grad():
+        for n, p in learner.model.named_parameters():
+            p.copy_(tensors[f"model.{n}"])
+        for n, b in learner.model.named_buffers():
+            if f"buffer.{n}" in tensors:
+                b.copy_(tensors[f"buffer.{n}"])
+    learner.load_extra_state({k[8:]: v for k, v in tensors.items() if k.startswith("learner.")})
+    learner.reset_optimizer()
+    learner.set_masks({k[5:]: v.float() for k, v in tensors.items() if k.startswith("mask.")})
+    learner.load_optimizer_state(_optimizer_state(doc, tensors))
+    return doc

@@ -9,6 +9,7 @@ the heavy ones (``PARALLEL_COMMANDS``) also take ``--workers`` and run unchanged
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -17,7 +18,9 @@ import warnings
 from pathlib import Path
 
 from . import distributed as mpdist
+from .argtypes import POSITIVE
 from .demo import DEMO_RETRAIN_META_BATCH
+from .io import FolderInUseError, folder_lock
 
 # modules that contribute subcommands (a missing optional module is skipped)
 COMMAND_MODULES = [
@@ -27,6 +30,8 @@ COMMAND_MODULES = [
 ]
 # subcommands whose work is split by task over processes (--workers, torchrun)
 PARALLEL_COMMANDS = ("train", "evaluate", "prune", "demo")
+# subcommands that write into --out: refused while another live process works there
+LOCKED_COMMANDS = ("train", "prune", "demo")
 # evaluation: at least this many tasks per worker before another process pays for its start
 EVAL_TASKS_PER_WORKER = 25
 # seconds a rank other than 0 waits before printing its error (see main)
@@ -47,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     for name, p in sub.choices.items():
-        p.add_argument("--threads", type=int, default=None,
+        p.add_argument("--threads", type=POSITIVE, default=None,
                        help="torch threads per process (default: $METAPRUNE_THREADS, else 1: "
                        "more threads than free cores slow everything down)")
         if name in PARALLEL_COMMANDS:
-            p.add_argument("--workers", type=int, default=None,
+            p.add_argument("--workers", type=POSITIVE, default=None,
                            help="processes on this machine, each with --threads threads "
                            "(default: $METAPRUNE_WORKERS, else one per physical core, or per "
                            "GPU with --device cuda); ignored under torchrun")
@@ -61,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _work_units(args: argparse.Namespace) -> int | None:
     """How many processes the command's work can keep busy: the tasks of one meta-batch (or
     evaluation); None when that cannot be read here (the command will say why)."""
+    if args.command == "train" and not (Path(args.out) / "model.json").exists():
+        from .config import load_config
+
+        # a bad config is reported here, before any worker starts
+        return int(load_config(args.config, args.set)["train"]["meta_batch"])
     try:
         if args.command == "evaluate":
             return None if args.tasks is None else args.tasks // EVAL_TASKS_PER_WORKER
@@ -68,12 +78,8 @@ def _work_units(args: argparse.Namespace) -> int | None:
             return DEMO_RETRAIN_META_BATCH
         if args.command == "train":
             from .checkpoint import read_meta
-            from .config import load_config
 
-            ckpt = Path(args.out) / "model.json"
-            cfg = (read_meta(ckpt)["config"] if ckpt.exists()
-                   else load_config(args.config, args.set))
-            return int(cfg["train"]["meta_batch"])
+            return int(read_meta(Path(args.out) / "model.json")["config"]["train"]["meta_batch"])
         if args.command == "prune":
             from .checkpoint import read_meta
 
@@ -101,7 +107,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         warnings.simplefilter("ignore")
         if hasattr(args, "no_progress"):
             args.no_progress = True
-    return int(args.func(args) or 0)
+    # one live job per run folder (rank 0 holds the lock for the job)
+    locked = args.command in LOCKED_COMMANDS and mpdist.is_main()
+    with folder_lock(args.out) if locked else contextlib.nullcontext():
+        return int(args.func(args) or 0)
 
 
 def torch_cuda_count() -> int:
@@ -113,10 +122,13 @@ def torch_cuda_count() -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2) and --help (0): an exit code, like the rest
+        return int(e.code or 0)
     try:
         return _run(args, argv)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FolderInUseError) as e:
         if mpdist.is_main():
             print(f"metaprune {args.command}: error: {e}", file=sys.stderr)
         else:

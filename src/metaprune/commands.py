@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from .argtypes import FRACTION, NON_NEGATIVE, POSITIVE
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import load_config
+from .config import config_diff, load_config, validate_config
 from .distributed import barrier, is_main
 from .evaluation import EvalResult, evaluate, paired_difference
 from .experiment import load_split, make_learner, test_tasks, train_sampler
@@ -34,14 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.iterations=200")
     p.add_argument("--out", required=True, help="run folder (checkpoint 'model', eval files)")
-    p.add_argument("--eval-tasks", type=int, help="test tasks after training (default: config)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in --out, deleting the run found there")
+    p.add_argument("--eval-tasks", type=POSITIVE,
+                   help="test tasks after training (default: config)")
     _common(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="paired few-shot evaluation of a checkpoint")
     p.add_argument("checkpoint", help="checkpoint path (NAME, NAME.safetensors or NAME.json)")
-    p.add_argument("--tasks", type=int, help="number of fixed test tasks (default: config, 600)")
-    p.add_argument("--steps", type=int, help="test-time adaptation steps (default: learner's)")
+    p.add_argument("--tasks", type=POSITIVE,
+                   help="number of fixed test tasks (default: config, 600)")
+    p.add_argument("--steps", type=NON_NEGATIVE,
+                   help="test-time adaptation steps (default: learner's)")
     p.add_argument("--split", help="data split (default: the config's test split)")
     p.add_argument("--root", help="data root (default: checkpoint's, then $METAPRUNE_DATA)")
     p.add_argument("--save", help="write per-task accuracies (JSON) for paired comparisons")
@@ -54,12 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train, prune (ANP vs magnitude) and evaluate on the "
                        "embedded glyphs data; prints one table")
     p.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    p.add_argument("--iterations", type=int, default=600, help="dense meta-training iterations")
-    p.add_argument("--retrain-iters", type=int, default=60,
+    p.add_argument("--iterations", type=POSITIVE, default=600,
+                   help="dense meta-training iterations")
+    p.add_argument("--retrain-iters", type=NON_NEGATIVE, default=60,
                    help="masked re-meta-training iterations per pruning round")
-    p.add_argument("--sparsity", type=float, default=0.85)
-    p.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
-    p.add_argument("--width", type=int, default=32, help="Conv4 width")
+    p.add_argument("--sparsity", type=FRACTION, default=0.85)
+    p.add_argument("--tasks", type=POSITIVE, default=600, help="fixed test tasks")
+    p.add_argument("--width", type=POSITIVE, default=32, help="Conv4 width")
     p.add_argument("--methods", default="anp,magnitude", help="comma-separated criteria")
     p.add_argument("--exclude-first", action="store_true",
                    help="do not prune the first conv layer (9 weights per filter here)")
@@ -68,18 +75,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+# files of a train run folder (the checkpoint 'model' and what is derived from it)
+TRAIN_RUN_FILES = ("model.safetensors", "model.json", "eval_test.json", "test_tasks.json")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     out = Path(args.out)
     ckpt = out / "model"
+    cfg = load_config(args.config, args.set)
+    if args.overwrite:
+        if is_main():
+            for name in TRAIN_RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        barrier()
     done = last_iteration(ckpt)
-    if done is not None:  # resume: the saved config wins, so the task stream is identical
+    if done is not None:  # resume or reuse, only with the config that made the run
         c = load_checkpoint(ckpt, device=device)
-        cfg, learner = c.meta["config"], c.learner
+        saved = validate_config(c.meta["config"])
+        diff = config_diff(saved, cfg)
+        if diff:
+            raise ValueError(
+                f"'{out}' holds a run made with another config ({'; '.join(diff[:6])}): "
+                "repeat its --config/--set to resume it, or start fresh with a new --out "
+                "or --overwrite")
+        learner = c.learner
         if is_main():
             print(f"resuming {ckpt} from iteration {done}", file=sys.stderr)
     else:
-        cfg = load_config(args.config, args.set)
         learner = None
         done = 0
     train_data = load_split(cfg["data"], "train_split")
@@ -126,7 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary["paired_difference"] = {"mean": diff.mean, "ci95": diff.ci95,
                                         "versus": args.compare}
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))
     else:
         print(f"{args.checkpoint}: {100 * res.accuracy:.2f} +- {100 * res.ci95:.2f}% "
               f"on {len(tasks)} {split} tasks ({res.steps} adaptation steps)")

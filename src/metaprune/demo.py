@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
-from .config import load_config
+from .checkpoint import load_checkpoint, read_meta
+from .config import config_diff, load_config, validate_config
 from .distributed import barrier, is_main, same_on_all_ranks
 from .evaluation import EvalResult, evaluate, paired_difference
 from .experiment import load_split, make_learner, test_tasks, train_sampler
@@ -46,7 +46,7 @@ def pruned_share(learner) -> float:
 
 def _evaluate_cached(learner, dataset, tasks, path: Path, device, desc: str,
                      progress: bool) -> EvalResult:
-    cached = path.exists() and EvalResult.load(path).task_fingerprint == tasks.fingerprint()
+    cached = path.exists() and EvalResult.load(path).matches(tasks, learner)
     if same_on_all_ranks(int(cached), f"whether '{path}' holds this evaluation"):
         return EvalResult.load(path)
     res = evaluate(learner, dataset, tasks, device=device, progress=progress, desc=desc)
@@ -73,6 +73,11 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
 
     dense_ck = out / "dense" / "model"
     done = last_iteration(dense_ck) or 0
+    if done:
+        diff = config_diff(validate_config(read_meta(dense_ck)["config"]), cfg)
+        if diff:
+            raise ValueError(f"'{out}' holds a demo run made with other settings "
+                             f"({'; '.join(diff[:6])}): use another --out")
     learner = (load_checkpoint(dense_ck, device=device).learner if done
                else make_learner(cfg, train_data, device))
     t0 = time.perf_counter()

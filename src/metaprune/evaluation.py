@@ -53,6 +53,14 @@ class EvalResult:
         return {"accuracy": self.accuracy, "ci95": self.ci95, "tasks": int(self.accuracies.size),
                 "steps": self.steps, "task_fingerprint": self.task_fingerprint, **self.meta}
 
+    def matches(self, tasks: TaskList, learner: Learner, steps: int | None = None) -> bool:
+        """Whether this result is the evaluation of ``learner`` (same weights, masks and
+        config) on ``tasks`` with ``steps`` test-time steps (default: the learner's): what a
+        cached result must satisfy to be reused."""
+        steps = learner.eval_inner_steps if steps is None else steps
+        return (self.task_fingerprint == tasks.fingerprint() and self.steps == steps
+                and self.meta.get("model_digest") == learner.digest())
+
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps({**self.summary(),
                                             "per_task": self.accuracies.tolist()}))
@@ -80,7 +88,7 @@ def evaluate(learner: Learner, dataset: ClassDataset, tasks: TaskList, steps: in
         task = build_task(dataset, tasks.specs[i]).to(device)
         local[j] = learner.evaluate_task(task, steps=steps)
     accs = gather_in_order(local, len(tasks)).numpy()
-    return EvalResult(accs, tasks.fingerprint(), steps)
+    return EvalResult(accs, tasks.fingerprint(), steps, {"model_digest": learner.digest()})
 
 
 @dataclass
@@ -99,5 +107,8 @@ def paired_difference(a: EvalResult, b: EvalResult) -> PairedDifference:
         raise ValueError(f"paired comparison needs the same task list: fingerprints "
                          f"{a.task_fingerprint} ({a.accuracies.size} tasks) vs "
                          f"{b.task_fingerprint} ({b.accuracies.size} tasks)")
+    if a.steps != b.steps:
+        raise ValueError(f"paired comparison needs the same number of adaptation steps: "
+                         f"{a.steps} vs {b.steps}")
     m, ci = mean_ci95(a.accuracies - b.accuracies)
     return PairedDifference(m, ci, int(a.accuracies.size))

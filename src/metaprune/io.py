@@ -1,10 +1,15 @@
-"""Atomic file writes: a crash never leaves a half-written checkpoint or result."""
+"""Atomic file writes (a crash never leaves a half-written checkpoint or result) and file
+digests."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -40,3 +45,41 @@ def text_writer(text: str) -> Callable[[str], None]:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, text_writer(text))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (OSError if it cannot be read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FolderInUseError(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``folder`` (its ``.lock`` file) for the block; a
+    second holder is refused at once. The OS releases the lock when its process dies, so a
+    killed run never leaves the folder locked."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise FolderInUseError(f"'{folder}' is in use by {owner}: wait for it to finish, "
+                                   "or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -8,6 +8,7 @@ writes checkpoints and shows progress.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .distributed import (
     shard_range,
     world_size,
 )
+from .finite import NonFiniteError, non_finite
 from .learners import Learner
 
 
@@ -69,8 +71,21 @@ def meta_train(learner: Learner, sampler: TaskSampler | OffsetSampler, iteration
     for it in bar:
         tasks = [t.to(device) for t in sampler.batch(it * meta_batch + mine.start, len(mine))]
         # (a learner subclass with the one-argument meta_step still works in one process)
-        stats = (learner.meta_step(tasks, batch_size=meta_batch) if world_size() > 1
-                 else learner.meta_step(tasks))
+        try:
+            stats = (learner.meta_step(tasks, batch_size=meta_batch) if world_size() > 1
+                     else learner.meta_step(tasks))
+        except NonFiniteError as e:
+            first = it * meta_batch + mine.start
+            raise NonFiniteError(
+                f"meta-training diverged at iteration {it + 1}: {e}; tasks of the training "
+                f"stream that give a non-finite loss: {_diverging(learner, tasks, first)}. "
+                + _stop_note(checkpoint_path)) from None
+        bad = non_finite(learner.meta_parameters())
+        if bad:
+            raise NonFiniteError(
+                f"meta-training diverged at iteration {it + 1}: the meta-optimiser step made "
+                f"{', '.join(bad[:3])} non-finite (meta_lr {learner.meta_lr}). "
+                + _stop_note(checkpoint_path))
         stats["iteration"] = it + 1
         history.append(stats)
         if on_step is not None:
@@ -88,6 +103,20 @@ def meta_train(learner: Learner, sampler: TaskSampler | OffsetSampler, iteration
                 save_checkpoint(checkpoint_path, learner, meta)
     barrier()  # the last checkpoint exists for every rank that reads it next
     return history
+
+
+def _diverging(learner: Learner, tasks: list, first_index: int) -> list[int]:
+    """Stream indices of the tasks whose meta-loss is not finite with the current weights."""
+    return [first_index + i for i, t in enumerate(tasks)
+            if not math.isfinite(learner.task_loss(t)[0].item())]
+
+
+def _stop_note(checkpoint_path: str | os.PathLike | None) -> str:
+    done = None if checkpoint_path is None else last_iteration(checkpoint_path)
+    kept = (f"The last checkpoint ('{checkpoint_path}', iteration {done}) is untouched. "
+            if done else "")
+    return kept + ("Stopped: lower learner.meta_lr or learner.inner_lr and train again into "
+                   "a new --out.")
 
 
 def last_iteration(checkpoint_path: str | os.PathLike) -> int | None:

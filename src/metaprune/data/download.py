@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write
+from ..io import sha256_file as io_sha256_file
 from .base import DataError
 
 OMNIGLOT_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}"
@@ -44,16 +45,12 @@ OMNIGLOT_SHA256: dict[str, dict[str, str]] = {
 CACHE_VERSION = 1
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes; DataError naming the file if it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
+        return io_sha256_file(path)
     except OSError as e:
         raise DataError(f"cannot read '{path}': {e}") from e
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike, accepted: Iterable[str]) -> str:

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..argtypes import NON_NEGATIVE, POSITIVE, integer
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a (pruned) checkpoint as a compact .mpz model")
@@ -23,11 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="glyphs", help="dataset name (default: glyphs)")
     p.add_argument("--root", help="data root (not needed for glyphs; default $METAPRUNE_DATA)")
     p.add_argument("--split", default="test", help="split (default: test)")
-    p.add_argument("--n-way", type=int, default=5)
-    p.add_argument("--k-shot", type=int, default=1)
-    p.add_argument("--queries", type=int, default=5, help="query images per class")
-    p.add_argument("--seed", type=int, default=0, help="task seed")
-    p.add_argument("--index", type=int, default=0, help="task index in the seeded stream")
+    p.add_argument("--n-way", type=integer(2), default=5)
+    p.add_argument("--k-shot", type=POSITIVE, default=1)
+    p.add_argument("--queries", type=POSITIVE, default=5, help="query images per class")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="task seed")
+    p.add_argument("--index", type=NON_NEGATIVE, default=0, help="task index in the seeded stream")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. --option image_size=28")
     p.add_argument("--out", required=True, help="output folder (must be empty or new)")
@@ -39,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder with one sub-folder of images per class")
     p.add_argument("--query", required=True, nargs="+", metavar="DIR|FILE",
                    help="query image files and/or folders of images")
-    p.add_argument("--steps", type=int, help="adaptation steps (default: the stored rule's)")
+    p.add_argument("--steps", type=NON_NEGATIVE,
+                   help="adaptation steps (default: the stored rule's)")
     p.add_argument("--bn", choices=["support", "batch"], default="support",
                    help="BatchNorm statistics for prediction: frozen support-set statistics "
                    "(default; each image independent) or the query batch's (as the library's "
@@ -53,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--support", required=True,
                    help="folder with one sub-folder of images per class")
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
-    p.add_argument("--steps", type=int, help="adaptation steps (default: the stored rule's)")
+    p.add_argument("--steps", type=NON_NEGATIVE,
+                   help="adaptation steps (default: the stored rule's)")
     p.add_argument("--no-fold", action="store_true",
                    help="keep BatchNorm nodes (frozen) instead of folding them into the convs")
     p.set_defaults(func=cmd_export_onnx)
@@ -73,7 +77,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(out), "dense_bytes": rep.dense_bytes,
                           "compact_bytes": rep.compact_bytes, "limit_bytes": rep.limit_bytes,
-                          "ratio": rep.ratio, "prunable": rep.prunable, "kept": rep.kept}))
+                          "ratio": rep.ratio, "prunable": rep.prunable, "kept": rep.kept},
+                         allow_nan=False))
     else:
         print(f"wrote {out}")
         print("\n".join(rep.lines()))
@@ -157,7 +162,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(args.model), "support": str(args.support),
                           "classes": support.class_names, "learner": rule["learner"],
                           "adaptation": how, "bn": args.bn, "adapt_seconds": t_adapt,
-                          "predictions": [p.to_json() for p in preds]}))
+                          "predictions": [p.to_json() for p in preds]}, allow_nan=False))
         return 0
     print(f"adapted {args.model} ({rule['learner']}: {how}) on {len(support.class_names)} "
           f"classes, {len(support.y)} support images, in {1000 * t_adapt:.0f} ms")

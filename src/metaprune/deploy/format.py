@@ -257,6 +257,8 @@ def load_mpz(path: str | os.PathLike) -> MPZ:
         keys = set(f.keys())
         values = f.get_tensor("values").numpy() if "values" in keys else np.zeros(0, np.float32)
         index = f.get_tensor("index").numpy().tobytes() if "index" in keys else b""
+    if not np.isfinite(values).all():
+        raise FormatError(f"'{path}': stored weights hold NaN or inf (a diverged model)")
     params: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     lrs: dict[str, torch.Tensor] = {}

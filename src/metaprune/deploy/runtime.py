@@ -1,9 +1,10 @@
 """The device runtime: load an ``.mpz`` model, adapt it on a user's support images with the
 stored test-time rule, predict query images.
 
-Dependencies: torch, numpy, Pillow, the stdlib, ``metaprune.models`` (the architectures) and
-``metaprune.deploy.format``; nothing from the training stack (learners, training, pruning,
-evaluation), no plotting or progress bars. A test enforces this.
+Dependencies: torch, numpy, Pillow, the stdlib, ``metaprune.models`` (the architectures),
+``metaprune.deploy.format`` and ``metaprune.finite`` (the NaN guard); nothing from the
+training stack (learners, training, pruning, evaluation), no plotting or progress bars. A
+test enforces this.
 
 Adaptation is the library's masked inner loop re-implemented in a few lines:
 ``theta <- theta - lr * (grad * mask)`` for the adapting parameters, ``steps`` times, on the
@@ -29,6 +30,7 @@ and batch-1 inference is well defined.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.func import functional_call
 
+from ..finite import NonFiniteError, non_finite
 from ..models import build_model
 from .format import MPZ, load_mpz
 
@@ -243,6 +246,11 @@ class DeviceModel:
         self.rule = dict(self.meta["rule"])
         if self.rule["kind"] not in ("gradient", "prototypes"):
             raise ValueError(f"'{source}': unknown adaptation kind {self.rule['kind']!r}")
+        lr = self.rule.get("inner_lr")
+        if self.rule["kind"] == "gradient" and not self.rule.get("per_weight_lr") and not (
+                isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"'{source}': the adaptation rule's inner_lr must be a finite "
+                             f"number > 0, got {lr!r}")
         self.masks = {n: m.bool() for n, m in mpz.masks.items()}
         inp = self.meta.get("input") or {}
         self.channels, self.size = inp.get("channels"), inp.get("size")
@@ -298,6 +306,11 @@ class DeviceModel:
                     new = params[n] - self.lr_for(n) * g
                     params[n] = torch.where(keep, new, 0.0) if keep is not None else new
         params = {n: p.detach() for n, p in params.items()}
+        bad = non_finite(params)
+        if bad:
+            raise NonFiniteError(f"adapting '{self.source}' diverged: NaN or inf in "
+                                 f"{', '.join(bad[:3])} after {steps} step(s); use fewer "
+                                 "steps (--steps)")
         return AdaptedModel(self.model, params, "gradient", names,
                             self._bn_stats(self.model, params, x))
 

@@ -8,6 +8,9 @@ optimiser step and test-time adaptation keep pruned weights at exactly 0.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +21,7 @@ from torch.func import functional_call
 
 from ..data.tasks import Task
 from ..distributed import all_reduce_sum_, is_distributed, shard
+from ..finite import NonFiniteError
 from ..masks import Masks, apply_masks, mask_grad, masked_optimizer_step, validate_masks
 
 Params = dict[str, torch.Tensor]
@@ -85,6 +89,20 @@ class Learner:
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam(self.meta_parameters().values(), lr=self.meta_lr)
         return self._optimizer
+
+    def optimizer_state(self) -> dict | None:
+        """The meta-optimiser's ``state_dict()``, or None if no step was taken yet."""
+        return None if self._optimizer is None else self._optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict | None) -> None:
+        """Restore a state from :meth:`optimizer_state` (None: a fresh optimiser)."""
+        self._optimizer = None
+        if state is not None:
+            self.optimizer.load_state_dict(state)
+
+    def reset_optimizer(self) -> None:
+        """Forget the meta-optimiser's moments (the next step starts a fresh one)."""
+        self._optimizer = None
 
     def outer_masks(self) -> dict[str, torch.Tensor]:
         return {f"model.{n}": m for n, m in self.masks.items()}
@@ -166,6 +184,8 @@ class Learner:
                 if h and sums.get(k) is None:  # this rank's tasks did not reach k
                     sums[k] = torch.zeros_like(p, dtype=torch.float64)
             all_reduce_sum_(sums[k] for k in named if sums.get(k) is not None)
+        if not math.isfinite(loss_sum):  # before the step: the weights stay the last good ones
+            raise NonFiniteError(f"the meta-loss is {loss_sum / batch_size}")
         for k, p in named.items():
             g = sums.get(k)
             p.grad = None if g is None else (g / batch_size).to(p.dtype)
@@ -201,6 +221,20 @@ class Learner:
         adapted.params = {n: p.detach() for n, p in adapted.params.items()}
         logits = self._eval_logits(adapted, task.query_x)
         return (logits.argmax(1) == task.query_y).float().mean().item()
+
+    def digest(self) -> str:
+        """sha256 of everything that decides this learner's predictions: its config, weights,
+        buffers, masks and extras (caches of evaluations are keyed on it)."""
+        h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
+        named = {**{f"model.{n}": t for n, t in self.model.state_dict().items()},
+                 **{f"mask.{n}": m for n, m in self.masks.items()},
+                 **{f"learner.{n}": t for n, t in self.extra_state().items()}}
+        for name in sorted(named):
+            t = named[name].detach().to("cpu", copy=False).contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy()
+                     .tobytes())
+        return h.hexdigest()
 
     # ---- (de)serialisation ------------------------------------------------------------------
     def config(self) -> dict:

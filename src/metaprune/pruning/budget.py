@@ -52,8 +52,7 @@ class Validator:
 
     def result(self, name: str, learner: Learner) -> EvalResult:
         path = self.dir / f"{name}.json"
-        cached = path.exists() and EvalResult.load(path).task_fingerprint == (
-            self.tasks.fingerprint())
+        cached = path.exists() and EvalResult.load(path).matches(self.tasks, learner)
         if same_on_all_ranks(int(cached), f"whether '{path}' holds this evaluation"):
             return EvalResult.load(path)
         res = evaluate(learner, self.dataset, self.tasks, device=self.device,

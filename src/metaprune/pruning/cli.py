@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from ..argtypes import FRACTION, NON_NEGATIVE, POSITIVE, real
 from ..distributed import is_main
 from ..masks import dense_masks, format_sparsity_table, prunable_weights, sparsity_table
 from .budget import DEFAULT_GUARD_DROP
@@ -36,17 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pruning criterion; 'anp-structured' removes whole Conv4 channels "
                    "(writes a smaller conv4-slim network, see docs/deploy.md); "
                    "'l1-structured' and 'random-structured' are its channel baselines")
-    p.add_argument("--sparsity", type=float, default=None,
+    p.add_argument("--sparsity", type=FRACTION, default=None,
                    help="final fraction of each layer's weights to prune (default 0.85; with "
                    "--max-drop the largest tried, default 0.95)")
-    p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+    p.add_argument("--max-drop", type=real(0), default=None, metavar="POINTS",
                    help="accuracy budget: prune round after round while the paired accuracy "
                    "drop against the dense model on VALIDATION tasks stays within POINTS, and "
                    "name the sparsest round that met it (OUT/validation.json)")
     p.add_argument("--val-split", default=None,
                    help="validation split (default: the config's data.val_split, else 'val'; "
                    "its classes must not be the test split's)")
-    p.add_argument("--val-tasks", type=int, default=300,
+    p.add_argument("--val-tasks", type=NON_NEGATIVE, default=300,
                    help="fixed validation tasks for --max-drop and for the end-of-run check "
                    f"that the model lost at most {DEFAULT_GUARD_DROP:g} point (default 300; "
                    "0 skips the check)")
@@ -57,17 +58,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "per round = max(100, dense iterations / 10), the best-measured setting "
                    "(benchmarks/README.md, items 4, 8, 14); paper: every layer pruned, 100 "
                    "re-training iterations per round, the method as published")
-    p.add_argument("--retrain-iters", type=int, default=None,
+    p.add_argument("--retrain-iters", type=NON_NEGATIVE, default=None,
                    help="masked re-meta-training iterations after each round (default: the "
                    "preset's)")
-    p.add_argument("--meta-batch", type=int,
+    p.add_argument("--meta-batch", type=POSITIVE,
                    help="tasks per re-training iteration (default: the checkpoint's config, 4)")
-    p.add_argument("--tasks", type=int, default=20, help="scoring tasks per round (default 20)")
+    p.add_argument("--tasks", type=POSITIVE, default=20,
+                   help="scoring tasks per round (default 20)")
     p.add_argument("--h-data", choices=H_DATA_CHOICES, default=None,
                    help=f"anp/lobs: data whose layer inputs form H (default {DEFAULT_H_DATA})")
-    p.add_argument("--damping", type=float, default=1e-4,
+    p.add_argument("--damping", type=real(0, low_open=True), default=1e-4,
                    help="anp/lobs: damping relative to the mean diagonal of H (default 1e-4)")
-    p.add_argument("--patch-stride", type=int, default=DEFAULT_PATCH_STRIDE,
+    p.add_argument("--patch-stride", type=POSITIVE, default=DEFAULT_PATCH_STRIDE,
                    help="anp/lobs: keep every n-th conv patch when forming H "
                    f"(default {DEFAULT_PATCH_STRIDE}; 1 = all)")
     p.add_argument("--compensation", choices=["auto", "joint", "single", "none"],
@@ -82,19 +84,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allocation", choices=["layerwise", "global"], default="layerwise")
     p.add_argument("--layer-ratio", action="append", default=[], metavar="PARAM=RATIO",
                    help="final sparsity of one layer, e.g. features.0.0.weight=0.5 (repeatable)")
-    p.add_argument("--keep", type=float, default=None,
+    p.add_argument("--keep", type=real(0, 1, low_open=True), default=None,
                    help="anp-structured: fraction of channels kept per block (default "
                    "sqrt(1 - sparsity): about that fraction of the conv weights remains)")
-    p.add_argument("--rounds", type=int, default=2,
+    p.add_argument("--rounds", type=POSITIVE, default=2,
                    help="anp-structured: pruning rounds (default 2)")
     p.add_argument("--exclude-first", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the first layer dense (default: the preset's; "
                    "--no-exclude-first prunes it)")
     p.add_argument("--exclude-last", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the last layer (head) dense (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0,
                    help="seed of the scoring and re-training task streams (default 0)")
-    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=POSITIVE, default=50)
     p.add_argument("--out", required=True, help="output folder (roundNN checkpoints, state)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -109,14 +111,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "to the same number for two disjoint batches of scoring tasks. Where the adapted and "
         "the task-noise columns are alike, anp and lobs make the same decisions up to noise.")
     s.add_argument("checkpoint", help="a dense or partly pruned checkpoint")
-    s.add_argument("--target", type=float, default=0.1,
+    s.add_argument("--target", type=FRACTION, default=0.1,
                    help="sparsity of the next pruning step whose decisions are compared "
                    "(default 0.1, the first round of the default schedule)")
-    s.add_argument("--tasks", type=int, default=20, help="scoring tasks per batch (default 20)")
+    s.add_argument("--tasks", type=POSITIVE, default=20,
+                   help="scoring tasks per batch (default 20)")
     s.add_argument("--h-data", choices=H_DATA_CHOICES, default=DEFAULT_H_DATA)
-    s.add_argument("--damping", type=float, default=1e-4)
-    s.add_argument("--patch-stride", type=int, default=DEFAULT_PATCH_STRIDE)
-    s.add_argument("--seed", type=int, default=0, help="seed of the scoring task stream")
+    s.add_argument("--damping", type=real(0, low_open=True), default=1e-4)
+    s.add_argument("--patch-stride", type=POSITIVE, default=DEFAULT_PATCH_STRIDE)
+    s.add_argument("--seed", type=NON_NEGATIVE, default=0, help="seed of the scoring task stream")
     s.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     s.set_defaults(func=cmd_adaptation_shift)
 
@@ -210,10 +213,6 @@ def _checkpoint_and_sampler(args: argparse.Namespace):
 def cmd_adaptation_shift(args: argparse.Namespace) -> int:
     from .diagnostics import adaptation_shift
 
-    if not 0 < args.target <= 1:
-        raise ValueError(f"--target must be in (0, 1], got {args.target}")
-    if args.tasks < 1:
-        raise ValueError(f"--tasks must be >= 1, got {args.tasks}")
     ck, sampler, device = _checkpoint_and_sampler(args)
     # the first round's scoring tasks, and the next batch of the same stream
     tasks_a, tasks_b = (scoring_tasks(sampler, args.tasks, rnd, device) for rnd in (1, 2))
@@ -263,11 +262,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .budget import ValidationPoint, advice, best_round, write_curve
     from .pruner import starved_layers
 
-    if args.max_drop is not None and args.max_drop < 0:
-        raise ValueError(f"--max-drop must be >= 0 points, got {args.max_drop}")
-    if args.val_tasks < 0 or (args.max_drop is not None and args.val_tasks < 2):
-        raise ValueError(f"--val-tasks must be >= 0 (>= 2 with --max-drop), got "
-                         f"{args.val_tasks}")
+    if args.max_drop is not None and args.val_tasks < 2:
+        raise ValueError(f"--val-tasks must be >= 2 with --max-drop, got {args.val_tasks}")
     if args.sparsity is None:
         args.sparsity = 0.95 if args.max_drop is not None else 0.85
     ck, sampler, device = _checkpoint_and_sampler(args)
@@ -296,7 +292,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     val, split = _validator(args, ck, device) if args.val_tasks > 0 else (None, None)
     budget = DEFAULT_GUARD_DROP if args.max_drop is None else args.max_drop
     curve: list[ValidationPoint] = []
-    state = check_resumable(args.out, cfg)  # before anything of that run is used
+    # before anything of that run is used
+    state = check_resumable(args.out, cfg, ck.learner.digest())
     if val is not None:
         curve.append(val.point(0, 0.0, ck.learner))
         if args.max_drop is not None:  # rounds a killed run finished: validate them too

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ..checkpoint import paths, read_meta, save_checkpoint
+from ..checkpoint import paths, read_meta, restore_checkpoint, save_checkpoint
 from ..data.tasks import OffsetSampler, Task, TaskSampler
 from ..distributed import barrier, broadcast_, is_main, same_on_all_ranks, world_size
 from ..io import atomic_write_text
@@ -151,33 +150,6 @@ def _check_zero(learner: Learner) -> None:
             raise RuntimeError(f"invariant broken: a pruned weight of '{n}' is not 0")
 
 
-def restore_checkpoint(learner: Learner, path: str | os.PathLike) -> dict:
-    """Load weights, buffers, masks, learner extras and optimiser state of a checkpoint into an
-    EXISTING learner (works for user models/learners that the registries do not know)."""
-    st_path, _ = paths(path)
-    doc = read_meta(path)
-    dev = next(learner.model.parameters()).device
-    tensors = load_file(str(st_path), device=str(dev))
-    with torch.no_grad():
-        for n, p in learner.model.named_parameters():
-            p.copy_(tensors[f"model.{n}"])
-        for n, b in learner.model.named_buffers():
-            if f"buffer.{n}" in tensors:
-                b.copy_(tensors[f"buffer.{n}"])
-    learner.load_extra_state({k[8:]: v for k, v in tensors.items() if k.startswith("learner.")})
-    learner._optimizer = None
-    learner.set_masks({k[5:]: v.float() for k, v in tensors.items() if k.startswith("mask.")})
-    if doc.get("optimizer"):
-        st: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, key = k.split(".", 2)
-                st.setdefault(int(idx), {})[key] = v
-        learner.optimizer.load_state_dict(
-            {"state": st, "param_groups": doc["optimizer"]["param_groups"]})
-    return doc
-
-
 # sidecar keys written by save_checkpoint / meta_train / this module: never copied over
 _RESERVED_META = {"format", "version", "model", "learner", "optimizer", "git_commit",
                   "tensors_sha256", "iteration", "train_seconds", "train_seconds_before",
@@ -223,13 +195,20 @@ def _warn_few_inputs(learner: Learner, ratios: Mapping[str, float]) -> None:
             stacklevel=3)
 
 
-def check_resumable(out_dir: str | os.PathLike, config: PruneConfig) -> dict | None:
+def check_resumable(out_dir: str | os.PathLike, config: PruneConfig,
+                    source_digest: str | None = None) -> dict | None:
     """The ``state.json`` of the pruning run in ``out_dir`` (None if there is none); a
-    ValueError if that run was made with another configuration."""
+    ValueError if that run was made with another configuration or, when ``source_digest``
+    (:meth:`Learner.digest` of the model to prune) is given, from another model."""
     state_path = Path(out_dir) / "state.json"
     if not state_path.exists():
         return None
     state = json.loads(state_path.read_text())
+    saved_source = state.get("source_digest")
+    if source_digest is not None and saved_source is not None and saved_source != source_digest:
+        raise ValueError(f"'{out_dir}' holds a pruning run of another model (digest "
+                         f"{saved_source[:12]}, this one {source_digest[:12]}); use another "
+                         "--out")
     # a run saved before an option existed holds that option at its default
     defaults = json.loads(json.dumps(asdict(PruneConfig())))
     saved = state.get("config")
@@ -275,12 +254,13 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         raise ValueError(f"method '{cfg.method}' needs --tasks >= 1")
     out = Path(out_dir) if out_dir is not None else None
     cfg_doc = json.loads(json.dumps(asdict(cfg)))
+    source = learner.digest() if out is not None else None
     results: list[RoundResult] = []
     resume_iter = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "state.json"
-        state = check_resumable(out, cfg)
+        state = check_resumable(out, cfg, source)
         if state is not None:
             results = [RoundResult(**r) for r in state.get("rounds", [])]
             if results:
@@ -297,7 +277,8 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
         barrier()  # every rank has read the run's state before rank 0 writes any
         if not state_path.exists() and is_main():
             atomic_write_text(state_path, json.dumps(
-                {"config": cfg_doc, "targets": targets, "rounds": []}, indent=2))
+                {"config": cfg_doc, "source_digest": source, "targets": targets, "rounds": []},
+                indent=2))
     base_meta = {k: v for k, v in (meta or {}).items() if k not in _RESERVED_META}
     criterion_opts = criterion.options()
     for rnd in range(len(results) + 1, len(targets) + 1):
@@ -359,7 +340,7 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
             results.append(res)
             if is_main():
                 atomic_write_text(out / "state.json", json.dumps(
-                    {"config": cfg_doc, "targets": targets,
+                    {"config": cfg_doc, "source_digest": source, "targets": targets,
                      "rounds": [asdict(r) for r in results]}, indent=2))
             barrier()  # the round's checkpoint exists before any rank goes on
         else:

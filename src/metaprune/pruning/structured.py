@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..argtypes import NON_NEGATIVE, POSITIVE, real
 from ..data.tasks import OffsetSampler
 from ..deploy.slim import Conv4Slim
 from ..learners import Learner, build_learner
@@ -276,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m metaprune.pruning.structured",
                                  description="Structured ANP (channel removal) for Conv4.")
     ap.add_argument("checkpoint")
-    ap.add_argument("--keep", type=float, default=0.5, help="fraction of channels kept")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--retrain-iters", type=int, default=100)
-    ap.add_argument("--meta-batch", type=int, default=4)
-    ap.add_argument("--tasks", type=int, default=20, help="scoring tasks per round")
-    ap.add_argument("--damping", type=float, default=1e-4)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=real(0, 1, low_open=True), default=0.5,
+                    help="fraction of channels kept")
+    ap.add_argument("--rounds", type=POSITIVE, default=2)
+    ap.add_argument("--retrain-iters", type=NON_NEGATIVE, default=100)
+    ap.add_argument("--meta-batch", type=POSITIVE, default=4)
+    ap.add_argument("--tasks", type=POSITIVE, default=20, help="scoring tasks per round")
+    ap.add_argument("--damping", type=real(0, low_open=True), default=1e-4)
+    ap.add_argument("--seed", type=NON_NEGATIVE, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", required=True, help="output checkpoint path (NAME)")
     args = ap.parse_args(argv)

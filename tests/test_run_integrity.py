@@ -1,0 +1,143 @@
+"""Run integrity: a result belongs to the inputs that made it; one live job per run folder;
+a kill at any instant of a checkpoint write leaves a loadable, verified checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from helpers import random_pruned_learner
+from test_cli import TINY
+
+from metaprune.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metaprune.cli import main
+from metaprune.data.glyphs import glyphs
+from metaprune.data.tasks import TaskList, TaskSampler
+from metaprune.evaluation import evaluate, paired_difference
+from metaprune.io import FolderInUseError, folder_lock
+from metaprune.pruning import prune
+
+
+def test_a_finished_train_rerun_with_other_settings_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--set", "train.iterations=2", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--set", "train.iterations=4", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "another config (train.iterations: 2 -> 4)" in err and "--overwrite" in err
+    assert json.loads((out / "model.json").read_text())["iteration"] == 2  # untouched
+    assert main(["train", "--out", str(out), "--set", "train.iterations=4", "--overwrite",
+                 *TINY]) == 0
+    assert json.loads((out / "model.json").read_text())["iteration"] == 4
+
+
+def test_pruning_another_model_into_a_finished_run_is_refused(tmp_path):
+    sampler = TaskSampler(glyphs("train", num_classes=10, samples_per_class=4), 5, 1, 2)
+    opts = dict(method="magnitude", sparsity=0.5, schedule="0.5", retrain_iters=0,
+                out_dir=tmp_path / "p", progress=False)
+    prune(random_pruned_learner("maml", sparsity=0.0, width=8, seed=1), sampler, **opts)
+    prune(random_pruned_learner("maml", sparsity=0.0, width=8, seed=1), sampler, **opts)
+    with pytest.raises(ValueError, match="holds a pruning run of another model"):
+        prune(random_pruned_learner("maml", sparsity=0.0, width=8, seed=2), sampler, **opts)
+
+
+def test_cached_results_match_only_the_same_model_tasks_and_steps():
+    data = glyphs("test", num_classes=10, samples_per_class=4)
+    tasks = TaskList(TaskSampler(data, 5, 1, 2, seed=1).fixed_specs(3))
+    a = random_pruned_learner("maml", width=8, seed=1)
+    res = evaluate(a, data, tasks, progress=False)
+    assert res.matches(tasks, a)
+    assert not res.matches(tasks, random_pruned_learner("maml", width=8, seed=2))
+    assert not res.matches(tasks, a, steps=a.eval_inner_steps + 1)
+    assert not res.matches(TaskList(tasks.specs[:2]), a)
+    with torch.no_grad():
+        next(a.model.parameters())[0].add_(1e-3)  # same architecture, other weights
+    assert not res.matches(tasks, a)
+    other_steps = evaluate(a, data, tasks, steps=1, progress=False)
+    with pytest.raises(ValueError, match="same number of adaptation steps: 3 vs 1"):
+        paired_difference(res, other_steps)
+
+
+HOLD = "import sys, time\nfrom metaprune.io import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
+       "    print('held', flush=True)\n    time.sleep(600)\n"
+
+
+def test_a_folder_in_use_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUseError, match=f"in use by process {holder.pid}"), \
+                folder_lock(tmp_path / "run"):
+            pass
+        assert main(["train", "--out", str(tmp_path / "run"), *TINY]) == 2
+        assert "in use by process" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with folder_lock(tmp_path / "run"):  # the dead holder's lock is gone
+        pass
+
+
+def test_a_checkpoint_without_its_digest_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "m", random_pruned_learner("maml", width=8))
+    doc = json.loads((tmp_path / "m.json").read_text())
+    del doc["tensors_sha256"]
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="records no tensors_sha256"):
+        load_checkpoint(tmp_path / "m")
+
+
+# A training run killed (SIGKILL) at a chosen moment of its K-th checkpoint write, then
+# resumed, must end with the weights of an uninterrupted run, bit for bit.
+KILL = textwrap.dedent("""
+    import os, signal, sys
+    import metaprune.checkpoint as ck
+    moment, nth = sys.argv[1], int(sys.argv[2])
+    saves = [0]
+    real_replace, real_write_temp = os.replace, ck.write_temp
+    def write_temp(path, write):
+        tmp = real_write_temp(path, write)
+        if moment == "after-first-temp" and str(path).endswith(".safetensors"):
+            saves[0] += 1
+            if saves[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return tmp
+    def replace(a, b):
+        real_replace(a, b)
+        if moment == "between-renames" and str(b).endswith("model.safetensors"):
+            saves[0] += 1
+            if saves[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+    ck.write_temp, ck.os.replace = write_temp, replace
+    from metaprune.cli import main
+    sys.exit(main(sys.argv[3:]))
+    """)
+
+
+def _train(out, moment: str = "none", nth: int = 0) -> int:
+    cmd = [sys.executable, "-c", KILL, moment, str(nth), "train", "--out", str(out),
+           "--set", "train.iterations=6", "--workers", "1", *TINY]
+    env = {**os.environ, "METAPRUNE_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode
+
+
+@pytest.mark.parametrize("moment, nth", [("between-renames", 2), ("after-first-temp", 2),
+                                         ("between-renames", 3)])
+def test_train_killed_inside_a_checkpoint_write_resumes_bit_identical(tmp_path, moment, nth):
+    assert _train(tmp_path / "ref") == 0
+    assert _train(tmp_path / "run", moment, nth) == -signal.SIGKILL
+    t0 = time.time()
+    assert _train(tmp_path / "run") == 0, "resume failed"
+    assert time.time() - t0 < 300
+    ref = load_checkpoint(tmp_path / "ref" / "model").learner.model.state_dict()
+    got = load_checkpoint(tmp_path / "run" / "model").learner.model.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # the next write cleaned up
