@@ -258,10 +258,49 @@ def main() -> None:
                             json.dumps(ours)], check=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
             anchor_res = json.loads(Path(js).read_text())
-    write(args, results, anchor_res, base, default)
+    write(args, results, anchor_res, base, default, modes[2][0])
 
 
-def write(args, results: dict, anchor_res: dict | None, base: str, default: str) -> None:
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}x" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}x"
+
+
+def summary(rows: list[dict], base: str, default: str, before: str) -> str:
+    """The issue-18 ratios, computed from this run's rows (docs cite this table)."""
+    def rate(mode: str, load: str = "idle", what: str = "meta-train") -> dict[str, float]:
+        return {r["workload"]: (r["iterations_per_s"] if what == "meta-train"
+                                else 1.0 / r["seconds_600_tasks"])
+                for r in rows if r["mode"] == mode and r["load"] == load
+                and r["workload"].startswith(what)}
+
+    def ratio(a: dict, b: dict) -> str:
+        common = [k for k in a if k in b]
+        return _span([a[k] / b[k] for k in common]) if common else "-"
+
+    lines = ["\n## Summary (ratios of the rows above)\n",
+             "| comparison | meta-training | 600-task evaluation |", "|---|---|---|"]
+    for label, a, b in [
+            (f"{default} vs {base}", default, base),
+            (f"{default} vs before ({before.split(' (')[0]})", default, before),
+            ("1 process x 1 thread vs glibc's default allocator", base,
+             "1 process x 1 thread, glibc's default allocator")]:
+        lines.append(f"| {label} | {ratio(rate(a), rate(b))} | "
+                     f"{ratio(rate(a, what='evaluate'), rate(b, what='evaluate'))} |")
+    for label, mode in [(f"share of idle throughput kept next to one busy process: {default}",
+                         default), ("the same, before", before)]:
+        busy_eval = rate(mode, "one busy process", "evaluate")
+        lines.append(f"| {label} | {ratio(rate(mode, 'one busy process'), rate(mode))} | "
+                     f"{ratio(busy_eval, rate(mode, what='evaluate'))} |")
+    anchor = "higher (anchor), 1 x 1"
+    lines.append(f"| {base} vs MAML written with higher (1 x 1) | "
+                 f"{ratio(rate(base), rate(anchor))} | "
+                 f"{ratio(rate(base, what='evaluate'), rate(anchor, what='evaluate'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(args, results: dict, anchor_res: dict | None, base: str, default: str,
+          before: str) -> None:
     rows = []
     ref = results[(base, "idle")]
     for (label, load), res in results.items():
@@ -314,6 +353,7 @@ def write(args, results: dict, anchor_res: dict | None, base: str, default: str)
                 "compensation is the joint OBS solve; masks = selection + setting them), next "
                 "to one second-order meta-iteration over the same 20 tasks.\n\n"
                 + markdown_table(table) + "\n")
+    tail = summary(rows, base, default, before) + tail
     notes = ("Ratios compare rows of this one run (`vs_1p1t_idle`: throughput relative to 1 "
              "process x 1 thread on the idle machine, same workload). Meta-training is MAML "
              "(`fomaml` for 1st order) through `metaprune.training.meta_train` with 1 inner "
