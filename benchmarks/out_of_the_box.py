@@ -1,10 +1,11 @@
 """What a new user gets: a shipped config and the CLI defaults, run as the README says.
 
     python benchmarks/out_of_the_box.py --config configs/omniglot_5w1s_conv4_cpu.yaml \\
-        --run-dir runs/ootb_omniglot5 --name ootb_omniglot5 [--paper]
+        --run-dir runs/ootb_omniglot5 --name ootb_omniglot5 [--paper] [--also OPTIONS]
 
 Runs ``metaprune train``, ``metaprune prune`` (anp, then magnitude; ``--paper`` adds anp under
-``--preset paper``) at 85% with every other option at its default, and ``metaprune evaluate``
+``--preset paper``; ``--also '--retrain-iters 200'`` adds anp with those options) at 85%
+with every other option at its default, and ``metaprune evaluate``
 of each final model on the config's fixed test tasks (600), then writes the accuracies, the
 paired differences against the dense model and against magnitude, and the wall time of every
 command to results/NAME.md (+ .csv). Each command is resumable: a killed run, started again
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -39,8 +41,9 @@ def run(cmd: list[str], log: Path) -> float:
 def slug(label: str) -> str:
     """A file name for a row label: 'anp, --preset paper' -> 'anp_paper', 'anp, --max-drop
     1 (chose 85.0%)' -> 'anp_maxdrop1'."""
-    return (label.split(" (")[0].replace(", --preset ", "_").replace(", --max-drop ",
+    base = (label.split(" (")[0].replace(", --preset ", "_").replace(", --max-drop ",
                                                                       "_maxdrop"))
+    return re.sub(r"[^A-Za-z0-9.]+", "_", base).strip("_")
 
 
 def main() -> None:
@@ -53,6 +56,9 @@ def main() -> None:
     p.add_argument("--max-drop", type=float, default=None,
                    help="also anp with --max-drop POINTS (sparsity up to 0.95): the round it "
                    "chooses on validation tasks is evaluated on the test tasks")
+    p.add_argument("--also", action="append", default=[], metavar="OPTIONS",
+                   help="also anp with these prune options, e.g. '--retrain-iters 200' "
+                   "(repeatable)")
     args = p.parse_args()
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +73,7 @@ def main() -> None:
     if args.max_drop is not None:
         jobs.append((f"anp, --max-drop {args.max_drop:g}",
                      ["--method", "anp", "--max-drop", f"{args.max_drop:g}"]))
+    jobs += [(f"anp, {opts}", ["--method", "anp", *opts.split()]) for opts in args.also]
     evals = {"dense": dense / "model"}
     for label, opts in jobs:
         out = run_dir / slug(label)

@@ -122,7 +122,7 @@ def test_runtime_imports_only_allowed_modules(tmp_path) -> None:
     mods = eval(out.stdout.strip().splitlines()[-1])
     ours = sorted(m for m in mods if m.startswith("metaprune"))
     assert all(m.startswith(("metaprune.deploy", "metaprune.models"))
-               or m in ("metaprune", "metaprune.finite") for m in ours), ours
+               or m in ("metaprune", "metaprune.finite", "metaprune.images") for m in ours), ours
     assert not [m for m in mods if m.startswith(FORBIDDEN)]
     assert "metaprune.deploy.runtime" in mods
 

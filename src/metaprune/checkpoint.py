@@ -26,6 +26,7 @@ from .models import build_model
 
 FORMAT = "metaprune-checkpoint"
 VERSION = 1
+MAX_STEPS = 10_000  # adaptation steps a checkpoint may declare
 
 
 class CheckpointError(ValueError):
@@ -171,15 +172,40 @@ def read_tensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     return doc, tensors
 
 
-def _optimizer_state(doc: dict, tensors: dict[str, torch.Tensor]) -> dict | None:
-    if not doc.get("optimizer"):
+def _optimizer_state(doc: dict, tensors: dict[str, torch.Tensor], where: Path
+                     ) -> dict | None:
+    opt = doc.get("optimizer")
+    if not opt:
         return None
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)):
+        raise CheckpointError(f"'{where}': field 'optimizer' must hold 'param_groups'")
     st: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
             _, idx, key = k.split(".", 2)
+            if not idx.isdigit():
+                raise CheckpointError(f"'{where}': bad optimiser tensor name '{k}'")
             st.setdefault(int(idx), {})[key] = v
-    return {"state": st, "param_groups": doc["optimizer"]["param_groups"]}
+    return {"state": st, "param_groups": opt["param_groups"]}
+
+
+def _spec(doc: dict, field: str, where: Path) -> tuple[str, dict]:
+    """``doc[field]`` as (name, keyword arguments): {"name": ..., "kwargs": {...}} for the
+    model, {"name": ..., **kwargs} for the learner."""
+    spec = doc.get(field)
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
+        raise CheckpointError(f"'{where}': field '{field}' must be a mapping with a 'name', "
+                              f"got {spec!r}"[:300])
+    kwargs = spec.get("kwargs", {}) if field == "model" else {
+        k: v for k, v in spec.items() if k != "name"}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"'{where}': field '{field}.kwargs' must be a mapping")
+    for key in ("inner_steps", "eval_inner_steps"):  # bounded: evaluate must end
+        steps = kwargs.get(key)
+        if steps is not None and not (isinstance(steps, int) and 0 <= steps <= MAX_STEPS):
+            raise CheckpointError(f"'{where}': {field}.{key} must be an integer in "
+                                  f"[0, {MAX_STEPS}], got {steps!r}")
+    return spec["name"], kwargs
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
@@ -189,25 +215,38 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
     weights, masks, learner extras and (optionally) the optimiser state."""
     st_path, js_path = paths(path)
     doc, tensors = read_tensors(path, device)
-    if model is None:
-        spec = doc.get("model")
-        if not spec:
-            raise CheckpointError(f"'{js_path}' has no model spec: pass model= explicitly")
-        model = build_model(spec["name"], **spec["kwargs"])
-    model = model.to(device)
+    learner_name, learner_kwargs = _spec(doc, "learner", js_path)
     state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     state.update({k[7:]: v for k, v in tensors.items() if k.startswith("buffer.")})
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"'{st_path}' does not fit {type(model).__name__}: missing "
-                              f"{missing[:5]}, unexpected {unexpected[:5]}")
-    lcfg = dict(doc["learner"])
-    learner = build_learner(lcfg.pop("name"), model, **lcfg)
-    learner.load_extra_state({k[8:]: v for k, v in tensors.items() if k.startswith("learner.")})
-    masks = {k[5:]: v.float() for k, v in tensors.items() if k.startswith("mask.")}
-    learner.set_masks(masks)
-    if with_optimizer:
-        learner.load_optimizer_state(_optimizer_state(doc, tensors))
+    try:
+        if model is None:
+            if not doc.get("model"):
+                raise CheckpointError(f"'{js_path}' has no model spec: pass model= explicitly")
+            name, kwargs = _spec(doc, "model", js_path)
+            with torch.device("meta"):  # the declared architecture, without allocating it
+                shapes = {k: tuple(v.shape) for k, v in
+                          build_model(name, **kwargs).state_dict().items()}
+            if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+                raise CheckpointError(f"'{st_path}' does not fit the model its sidecar "
+                                      f"declares ({name} {kwargs})"[:300])
+            model = build_model(name, **kwargs)
+        model = model.to(device)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"'{st_path}' does not fit {type(model).__name__}: missing "
+                                  f"{missing[:5]}, unexpected {unexpected[:5]}")
+        learner = build_learner(learner_name, model, **learner_kwargs)
+        learner.load_extra_state({k[8:]: v for k, v in tensors.items()
+                                  if k.startswith("learner.")})
+        learner.set_masks({k[5:]: v.float() for k, v in tensors.items()
+                           if k.startswith("mask.")})
+        if with_optimizer:
+            learner.load_optimizer_state(_optimizer_state(doc, tensors, js_path))
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"'{js_path}': cannot rebuild the model, learner, masks or "
+                              f"optimiser it describes: {e}"[:500]) from None
     meta = {k: v for k, v in doc.items() if k not in ("tensors_sha256",)}
     return Checkpoint(learner, learner.masks, meta)
 
@@ -226,5 +265,5 @@ def restore_checkpoint(learner: Learner, path: str | os.PathLike) -> dict:
     learner.load_extra_state({k[8:]: v for k, v in tensors.items() if k.startswith("learner.")})
     learner.reset_optimizer()
     learner.set_masks({k[5:]: v.float() for k, v in tensors.items() if k.startswith("mask.")})
-    learner.load_optimizer_state(_optimizer_state(doc, tensors))
+    learner.load_optimizer_state(_optimizer_state(doc, tensors, paths(path)[1]))
     return doc

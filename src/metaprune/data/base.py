@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from ..images import IMAGE_SUFFIXES, ImageError, read_image
 
 
 class DataError(ValueError):
@@ -104,18 +103,12 @@ class RotatedClasses(ClassDataset):
 
 def load_image(path: str | os.PathLike | None, size: int | None, channels: int,
                data: bytes | None = None) -> np.ndarray:
-    """Read one image file (or its bytes) to a uint8 array (C, H, W); clear error if corrupt."""
-    import io
-
+    """Read one image file (or its bytes) to a uint8 array (C, H, W) by the rules of
+    :mod:`metaprune.images`; DataError naming the file otherwise."""
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.LANCZOS)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image '{path}': {e}") from e
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+        return read_image(path, channels, size, data)
+    except ImageError as e:
+        raise DataError(str(e)) from None
 
 
 class FileClassDataset(ClassDataset):

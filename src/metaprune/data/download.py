@@ -15,6 +15,7 @@ import json
 import os
 import urllib.request
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -149,7 +150,7 @@ def cached_arrays(kind: str, key: dict, build: Callable[[], dict[str, np.ndarray
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
             warnings.warn(f"ignoring unreadable cache file '{path}': {e}", stacklevel=2)
     arrays = build()
 

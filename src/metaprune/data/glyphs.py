@@ -14,9 +14,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from .base import DataError, TensorClassDataset
+from .download import cached_arrays
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_CLASSES = {"train": 480, "val": 80, "test": 160}
+GENERATOR_VERSION = 1  # bump when the drawing code changes (it keys the disk cache)
 
 
 def _curve(points: np.ndarray, n: int = 24) -> np.ndarray:
@@ -68,11 +70,19 @@ def glyphs(split: str = "train", num_classes: int | None = None, samples_per_cla
     n = DEFAULT_CLASSES[split] if num_classes is None else num_classes
     if n < 1 or samples_per_class < 1:
         raise DataError(f"glyphs: need >= 1 class and sample, got {n} and {samples_per_class}")
-    per_class = []
-    for c in range(n):
-        rng = np.random.default_rng([seed, SPLITS[split], c])
-        strokes = _character(rng)
-        imgs = np.stack([_draw(strokes, rng, image_size, jitter)
-                         for _ in range(samples_per_class)])
-        per_class.append(torch.from_numpy(imgs)[:, None])
-    return TensorClassDataset([f"glyph{SPLITS[split]}_{c:04d}" for c in range(n)], per_class)
+
+    def build() -> dict[str, np.ndarray]:
+        per_class = []
+        for c in range(n):
+            rng = np.random.default_rng([seed, SPLITS[split], c])
+            strokes = _character(rng)
+            per_class.append(np.stack([_draw(strokes, rng, image_size, jitter)
+                                       for _ in range(samples_per_class)]))
+        return {"images": np.stack(per_class)}
+
+    # generated once per machine, then read from the disk cache like the real datasets
+    key = {"split": split, "classes": n, "samples": samples_per_class, "size": image_size,
+           "seed": seed, "jitter": jitter, "generator": GENERATOR_VERSION}
+    images = cached_arrays("glyphs", key, build)["images"]
+    return TensorClassDataset([f"glyph{SPLITS[split]}_{c:04d}" for c in range(n)],
+                              [torch.from_numpy(images[c])[:, None] for c in range(n)])

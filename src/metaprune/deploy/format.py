@@ -33,6 +33,7 @@ This module imports only torch, numpy, safetensors and the stdlib: the device ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -49,9 +50,14 @@ from safetensors.torch import save_file
 from ..models import registry as _models  # noqa: F401  (all backbones, conv4-slim included)
 
 FORMAT = "metaprune-mpz"
-VERSION = 1
+VERSION = 2          # 2: the metadata carries ``content_sha256``, verified on load
 ENCODINGS = ("dense", "full", "bitmask", "delta8", "delta16", "like")
 LR_PREFIX = "lr:"
+# Bounds checked before anything is allocated or run (a model file may come from anyone):
+MAX_ELEMENTS = 1 << 27      # parameter entries in one model (512 MiB of float32)
+MAX_STEPS = 10_000          # test-time adaptation steps stored in the rule
+MAX_INPUT_SIZE = 4096       # input image side, pixels
+MAX_CLASSES = 100_000
 
 
 class FormatError(ValueError):
@@ -207,10 +213,11 @@ def save_mpz(path: str | os.PathLike, mpz: MPZ) -> Path:
         values.append(flat[keep])
         index.append(data)
         layout.append([key, list(t.shape), enc, int(keep.sum()), len(data)])
-    meta = {"format": FORMAT, "version": VERSION, **mpz.meta, "layout": layout}
-    tensors = {"values": torch.from_numpy(np.concatenate(values) if values
-                                          else np.zeros(0, np.float32))}
+    flat_values = np.concatenate(values) if values else np.zeros(0, np.float32)
     blob = b"".join(index)
+    meta = {"format": FORMAT, "version": VERSION, **mpz.meta, "layout": layout}
+    meta["content_sha256"] = content_digest(meta, flat_values, blob)
+    tensors = {"values": torch.from_numpy(flat_values)}
     if blob:
         tensors["index"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
     tmp = path.with_name(path.name + ".tmp")
@@ -224,6 +231,101 @@ def save_mpz(path: str | os.PathLike, mpz: MPZ) -> Path:
         tmp.unlink(missing_ok=True)
         raise FormatError(f"cannot write '{path}': {e}") from e
     return path
+
+
+def content_digest(meta: Mapping[str, Any], values: np.ndarray, index: bytes) -> str:
+    """sha256 of the metadata (its own digest left out), the stored floats and the index."""
+    doc = {k: v for k, v in meta.items() if k != "content_sha256"}
+    h = hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+    h.update(np.ascontiguousarray(values, dtype="<f4").tobytes())
+    h.update(index)
+    return h.hexdigest()
+
+
+def _int(value: Any, low: int, high: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FormatError(f"{where} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_rule(rule: Any, where: str) -> None:
+    """A test-time adaptation rule (as :func:`rule_of` writes it), typed and bounded."""
+    if not isinstance(rule, dict):
+        raise FormatError(f"{where}: field 'rule' is missing or not a mapping")
+    if rule.get("kind") not in ("gradient", "prototypes"):
+        raise FormatError(f"{where}: rule.kind must be 'gradient' or 'prototypes', got "
+                          f"{rule.get('kind')!r}")
+    _int(rule.get("steps"), 0, MAX_STEPS, f"{where}: rule.steps")
+    lr = rule.get("inner_lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
+            math.isfinite(lr) and lr > 0):
+        raise FormatError(f"{where}: rule.inner_lr must be a finite number > 0, got {lr!r}")
+    if not isinstance(rule.get("per_weight_lr"), bool):
+        raise FormatError(f"{where}: rule.per_weight_lr must be true or false")
+    adapt = rule.get("adapt")
+    if not (isinstance(adapt, list) and all(isinstance(a, str) for a in adapt)):
+        raise FormatError(f"{where}: rule.adapt must be a list of parameter names")
+    if not isinstance(rule.get("learner", ""), str):
+        raise FormatError(f"{where}: rule.learner must be a string")
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """Every field the loader and the runtime use, typed and bounded (FormatError naming the
+    file and the field otherwise)."""
+    where = f"'{path}'"
+    model = meta.get("model")
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str)
+            and isinstance(model.get("kwargs"), dict)):
+        raise FormatError(f"{where}: field 'model' must be {{name: str, kwargs: {{...}}}}, "
+                          f"got {model!r}")
+    check_rule(meta.get("rule"), where)
+    inp = meta.get("input")
+    if not isinstance(inp, dict):
+        raise FormatError(f"{where}: field 'input' is missing or not a mapping")
+    _int(inp.get("channels"), 1, 4, f"{where}: input.channels")
+    _int(inp.get("size"), 1, MAX_INPUT_SIZE, f"{where}: input.size")
+    if meta.get("n_way") is not None:
+        _int(meta["n_way"], 1, MAX_CLASSES, f"{where}: n_way")
+    layout = meta.get("layout")
+    if not isinstance(layout, list):
+        raise FormatError(f"{where}: field 'layout' must be a list")
+    total = 0
+    for i, entry in enumerate(layout):
+        at = f"{where}: layout[{i}]"
+        if not (isinstance(entry, list) and len(entry) == 5 and isinstance(entry[0], str)
+                and isinstance(entry[1], list) and entry[2] in ENCODINGS):
+            raise FormatError(f"{at} must be [name, shape, encoding, kept, index_bytes] with "
+                              f"an encoding in {ENCODINGS}, got {entry!r}"[:300])
+        numel = 1
+        for d in entry[1]:
+            numel *= _int(d, 0, MAX_ELEMENTS, f"{at} ('{entry[0]}') shape")
+        total += numel
+        if total > MAX_ELEMENTS:
+            raise FormatError(f"{where}: the layout declares more than {MAX_ELEMENTS:,} "
+                              "parameter entries (the limit of this runtime)")
+        _int(entry[3], 0, numel, f"{at} ('{entry[0]}') kept")
+        _int(entry[4], 0, MAX_ELEMENTS, f"{at} ('{entry[0]}') index_bytes")
+
+
+def _check_model_size(meta: dict[str, Any], path: Path) -> None:
+    """The declared architecture, built without memory (meta device), must have exactly the
+    parameters the layout stores: a file cannot make the runtime allocate more than it holds."""
+    from ..models import build_model
+
+    spec = meta["model"]
+    try:
+        with torch.device("meta"):
+            shapes = {n: tuple(p.shape) for n, p in
+                      build_model(spec["name"], **spec["kwargs"]).named_parameters()}
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise FormatError(f"'{path}': model {spec['name']!r} cannot be built from "
+                          f"{spec['kwargs']!r}: {e}"[:400]) from None
+    stored = {e[0]: tuple(e[1]) for e in meta["layout"] if not e[0].startswith(LR_PREFIX)}
+    if stored != shapes:
+        bad = sorted(set(stored) ^ set(shapes)) or sorted(
+            n for n in shapes if stored[n] != shapes[n])
+        raise FormatError(f"'{path}': the stored tensors do not fit model {spec['name']!r} "
+                          f"{spec['kwargs']!r} (first differences: {bad[:3]})")
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -243,9 +345,11 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise FormatError(f"'{path}' is not a metaprune .mpz model (format="
                           f"{meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise FormatError(f"'{path}' has format version {meta['version']}; this metaprune "
+    version = meta.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version > VERSION:
+        raise FormatError(f"'{path}' has format version {version!r}; this metaprune "
                           f"reads up to {VERSION}")
+    _check_meta(meta, path)
     return meta
 
 
@@ -253,10 +357,20 @@ def load_mpz(path: str | os.PathLike) -> MPZ:
     """Read an .mpz file back into weights (pruned entries 0), masks and lrs."""
     path = Path(path)
     meta = read_meta(path)
-    with safe_open(str(path), "pt") as f:
-        keys = set(f.keys())
-        values = f.get_tensor("values").numpy() if "values" in keys else np.zeros(0, np.float32)
-        index = f.get_tensor("index").numpy().tobytes() if "index" in keys else b""
+    _check_model_size(meta, path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            values = (f.get_tensor("values").numpy() if "values" in keys
+                      else np.zeros(0, np.float32))
+            index = f.get_tensor("index").numpy().tobytes() if "index" in keys else b""
+    except Exception as e:  # safetensors raises its own error types
+        raise FormatError(f"'{path}' is not a readable .mpz (safetensors) file: {e}") from e
+    if values.dtype != np.float32 or values.ndim != 1:
+        raise FormatError(f"'{path}': tensor 'values' must be 1-D float32")
+    if meta["version"] >= 2 and meta.get("content_sha256") != content_digest(meta, values, index):
+        raise FormatError(f"'{path}' is damaged: its contents do not match the digest it "
+                          "records (content_sha256)")
     if not np.isfinite(values).all():
         raise FormatError(f"'{path}': stored weights hold NaN or inf (a diverged model)")
     params: dict[str, torch.Tensor] = {}

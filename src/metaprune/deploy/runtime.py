@@ -2,9 +2,9 @@
 stored test-time rule, predict query images.
 
 Dependencies: torch, numpy, Pillow, the stdlib, ``metaprune.models`` (the architectures),
-``metaprune.deploy.format`` and ``metaprune.finite`` (the NaN guard); nothing from the
-training stack (learners, training, pruning, evaluation), no plotting or progress bars. A
-test enforces this.
+``metaprune.deploy.format``, ``metaprune.finite`` (the NaN guard) and ``metaprune.images``
+(image reading); nothing from the training stack (learners, training, pruning, evaluation),
+no plotting or progress bars. A test enforces this.
 
 Adaptation is the library's masked inner loop re-implemented in a few lines:
 ``theta <- theta - lr * (grad * mask)`` for the adapting parameters, ``steps`` times, on the
@@ -30,7 +30,6 @@ and batch-1 inference is well defined.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,31 +38,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.func import functional_call
 
 from ..finite import NonFiniteError, non_finite
+from ..images import IMAGE_SUFFIXES, read_image
 from ..models import build_model
-from .format import MPZ, load_mpz
+from .format import MPZ, check_rule, load_mpz
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 BN_MODES = ("support", "batch")
 
 
 # ---- images -----------------------------------------------------------------------------------
 def load_image(path: str | os.PathLike, channels: int, size: int) -> np.ndarray:
     """One image file -> uint8 (C, H, W): grey or RGB, resized (Lanczos) to size x size; the
-    same preprocessing as the training data loaders."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.LANCZOS)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image '{path}': {e}") from e
-    return arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+    same preprocessing as the training data loaders (:mod:`metaprune.images`)."""
+    return read_image(path, channels, size)
 
 
 def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -243,14 +233,8 @@ class DeviceModel:
             raise ValueError(f"'{source}' does not fit model '{spec['name']}': missing "
                              f"{missing[:5]}, unexpected {unexpected[:5]}")
         self.model.requires_grad_(False)
+        check_rule(self.meta.get("rule"), f"'{source}'")
         self.rule = dict(self.meta["rule"])
-        if self.rule["kind"] not in ("gradient", "prototypes"):
-            raise ValueError(f"'{source}': unknown adaptation kind {self.rule['kind']!r}")
-        lr = self.rule.get("inner_lr")
-        if self.rule["kind"] == "gradient" and not self.rule.get("per_weight_lr") and not (
-                isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"'{source}': the adaptation rule's inner_lr must be a finite "
-                             f"number > 0, got {lr!r}")
         self.masks = {n: m.bool() for n, m in mpz.masks.items()}
         inp = self.meta.get("input") or {}
         self.channels, self.size = inp.get("channels"), inp.get("size")

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from ..argtypes import FRACTION, NON_NEGATIVE, POSITIVE, real
+from ..config import parse_key_value
 from ..distributed import is_main
 from ..masks import dense_masks, format_sparsity_table, prunable_weights, sparsity_table
 from .budget import DEFAULT_GUARD_DROP
@@ -32,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "OUT/roundNN (loadable by 'metaprune evaluate').")
     p.add_argument("checkpoint", help="checkpoint from 'metaprune train' (a partly pruned one "
                    "works if no round's target is below its sparsity)")
+    p.add_argument("--criterion-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword argument of the criterion's constructor (repeatable), for "
+                   "options without a flag of their own, e.g. a registered criterion's")
     p.add_argument("--method", default="anp",
                    choices=sorted(CRITERIA) + list(STRUCTURED_METHODS),
                    help="pruning criterion; 'anp-structured' removes whole Conv4 channels "
@@ -287,7 +291,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         h_data=args.h_data, damping=args.damping, patch_stride=args.patch_stride,
         compensation=args.compensation, obs_weights=args.obs_weights, bn_aware=args.bn_aware,
         include_first=not args.exclude_first, include_last=not args.exclude_last, seed=args.seed,
-        checkpoint_every=args.checkpoint_every)
+        checkpoint_every=args.checkpoint_every,
+        criterion_options=dict(parse_key_value(o, "--criterion-option")
+                               for o in args.criterion_option) or None)
     meta = {**ck.meta, "source_checkpoint": str(args.checkpoint)}
     val, split = _validator(args, ck, device) if args.val_tasks > 0 else (None, None)
     budget = DEFAULT_GUARD_DROP if args.max_drop is None else args.max_drop

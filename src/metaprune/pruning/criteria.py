@@ -16,6 +16,7 @@ can move the surviving weights of each output unit to the layer-wise least-squar
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +37,9 @@ from .hessian import (
 )
 
 __all__ = ["Scores", "Criterion", "ANP", "LOBS", "Magnitude", "Random", "TaylorMeta",
-           "TaylorMetaFO", "CRITERIA", "get_criterion", "obs_saliency", "obs_compensation",
-           "H_DATA_CHOICES", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE", "OBS_WEIGHTS_CHOICES"]
+           "TaylorMetaFO", "CRITERIA", "register_criterion", "get_criterion", "obs_saliency",
+           "obs_compensation", "H_DATA_CHOICES", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE",
+           "OBS_WEIGHTS_CHOICES"]
 
 H_DATA_CHOICES = ("support", "query", "both")
 # measured on glyphs (benchmarks/results/anp_h_data.md): with the iterative schedule and
@@ -82,6 +84,20 @@ def _weight_matrix_of(module: nn.Module, params: dict[str, torch.Tensor], layer:
     return weight_matrix(module, params.get(f"{layer}.weight", module.weight), bias).detach()
 
 
+CRITERIA: dict[str, Callable[..., Criterion]] = {}
+
+
+def register_criterion(name: str) -> Callable[[type], type]:
+    """Class decorator: make a :class:`Criterion` available to ``prune(method=name)`` and
+    ``metaprune prune --method name``; its constructor's keyword arguments are its options
+    (``criterion_options`` / ``--criterion-option KEY=VALUE``)."""
+    def deco(cls: type) -> type:
+        CRITERIA[name] = cls
+        return cls
+
+    return deco
+
+
 class Criterion:
     """Base class. ``score`` rates the weights ``names`` of ``learner.model`` on ``tasks``;
     ``compensate`` (a no-op here) may update surviving weights given the new masks."""
@@ -102,6 +118,7 @@ class Criterion:
         return {}
 
 
+@register_criterion("magnitude")
 class Magnitude(Criterion):
     name = "magnitude"
 
@@ -110,6 +127,7 @@ class Magnitude(Criterion):
         return Scores({n: params[n].detach().abs().clone() for n in names})
 
 
+@register_criterion("random")
 class Random(Criterion):
     """Uniform random scores: a sanity floor. Deterministic given ``seed`` (the round)."""
 
@@ -131,6 +149,7 @@ class Random(Criterion):
         return {"seed": self.seed}
 
 
+@register_criterion("taylor-meta")
 class TaylorMeta(Criterion):
     """First-order Taylor of the META-objective: ``|dL_meta/dw * w|`` averaged over tasks, with
     the exact meta-gradient (through the inner loop: second order)."""
@@ -148,6 +167,7 @@ class TaylorMeta(Criterion):
         return Scores({n: (grads[n] * params[n].detach()).abs() for n in names})
 
 
+@register_criterion("taylor-meta-fo")
 class TaylorMetaFO(TaylorMeta):
     """As ``taylor-meta`` with the first-order meta-gradient (inner-loop Jacobian = I)."""
 
@@ -418,6 +438,7 @@ def _bn_gain(bn: nn.Module, w: torch.Tensor, H: torch.Tensor, mean: torch.Tensor
     return gamma2 / (var.clamp_min(0) + bn.eps)
 
 
+@register_criterion("anp")
 class ANP(_OBS):
     """Adaptation-aware pruning: OBS with H recorded under the ADAPTED weights."""
 
@@ -425,6 +446,7 @@ class ANP(_OBS):
     adapted = True
 
 
+@register_criterion("lobs")
 class LOBS(_OBS):
     """Layer-wise OBS with the conventional loss: H from the UN-adapted network."""
 
@@ -432,17 +454,19 @@ class LOBS(_OBS):
     adapted = False
 
 
-CRITERIA: dict[str, Callable[..., Criterion]] = {
-    "anp": ANP, "lobs": LOBS, "magnitude": Magnitude, "random": Random,
-    "taylor-meta": TaylorMeta, "taylor-meta-fo": TaylorMetaFO,
-}
 
 
 def get_criterion(name: str, **opts) -> Criterion:
     """Build a criterion by name; options a criterion does not take are rejected."""
     if name not in CRITERIA:
         raise ValueError(f"unknown pruning method '{name}'; choose from {sorted(CRITERIA)}")
+    params = inspect.signature(CRITERIA[name]).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(opts) - set(params))
+        if unknown:
+            raise ValueError(f"method '{name}' does not take options {unknown} (its options: "
+                             f"{sorted(params)})")
     try:
         return CRITERIA[name](**opts)
     except TypeError as e:
-        raise ValueError(f"method '{name}' does not take options {sorted(opts)}: {e}") from e
+        raise ValueError(f"method '{name}': bad options {opts}: {e}") from e

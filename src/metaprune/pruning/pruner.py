@@ -10,6 +10,7 @@ the last ``round{r:02d}``, within re-training from the ``work`` checkpoint that
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -17,6 +18,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,7 +30,7 @@ from ..learners import Learner
 from ..masks import Masks, prunable_weights, sparsity_table
 from ..training import meta_train
 from .allocation import allocate, cumulative_targets, exact_count, parse_schedule, round_ratios
-from .criteria import DEFAULT_PATCH_STRIDE, Criterion, Random, get_criterion
+from .criteria import CRITERIA, DEFAULT_PATCH_STRIDE, Criterion, Random, get_criterion
 
 __all__ = ["PruneConfig", "RoundResult", "prune", "prune_step", "restore_checkpoint",
            "check_resumable",
@@ -39,6 +41,11 @@ __all__ = ["PruneConfig", "RoundResult", "prune", "prune_step", "restore_checkpo
 # the dense training stream, which starts at 0)
 SCORE_TASK_OFFSET = 2_000_000_000
 RETRAIN_TASK_OFFSET = 1_000_000_000
+
+
+# PruneConfig fields handed to a criterion whose constructor takes an argument of that name
+CRITERION_FIELDS = ("h_data", "damping", "patch_stride", "compensation", "obs_weights",
+                    "bn_aware", "seed")
 
 
 @dataclass
@@ -64,21 +71,21 @@ class PruneConfig:
     include_last: bool = True
     seed: int = 0
     checkpoint_every: int = 50
+    criterion_options: dict[str, Any] | None = None  # more keyword arguments of the criterion
 
     def targets(self) -> list[float]:
         return cumulative_targets(self.sparsity, parse_schedule(self.schedule))
 
     def criterion(self) -> Criterion:
-        opts: dict = {}
-        if self.method in ("anp", "lobs"):
-            opts = {"damping": self.damping, "patch_stride": self.patch_stride,
-                    "compensation": self.compensation, "obs_weights": self.obs_weights,
-                    "bn_aware": self.bn_aware}
-            if self.h_data is not None:
-                opts["h_data"] = self.h_data
-        elif self.method == "random":
-            opts = {"seed": self.seed}
-        return get_criterion(self.method, **opts)
+        """The criterion of ``method`` with the fields above that its constructor takes (by
+        name; ``h_data`` only when set) and ``criterion_options`` on top."""
+        if self.method not in CRITERIA:
+            raise ValueError(f"unknown pruning method '{self.method}'; choose from "
+                             f"{sorted(CRITERIA)}")
+        takes = inspect.signature(CRITERIA[self.method]).parameters
+        opts = {k: getattr(self, k) for k in CRITERION_FIELDS
+                if k in takes and getattr(self, k) is not None}
+        return get_criterion(self.method, **{**opts, **(self.criterion_options or {})})
 
 
 @dataclass
