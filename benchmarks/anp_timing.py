@@ -113,7 +113,7 @@ def main() -> int:
         lambda mod, inp, _ly=ly: rows[_ly].append(layer_input_rows(mod, inp[0], ap_ps))
         if switch["on"] else None) for ly in layers]
     for t in tasks:
-        a = crit._adapt(learner, t)
+        a = crit.scoring_adaptation(learner, t)
         with torch.no_grad():
             switch["on"] = True
             if args.h_data in ("support", "both"):

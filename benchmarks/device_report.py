@@ -192,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memprobe", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from metaprune.deploy.cli import _option
+    from metaprune.config import parse_key_value
 
-    args.options = dict(_option(o) for o in args.option)
+    args.options = dict(parse_key_value(o, "--option") for o in args.option)
     if args.memprobe:
         print(json.dumps(memprobe(args.memprobe, args.n_way, args.k_shot, args.seed)))
         return 0

@@ -107,7 +107,7 @@ def test_metasgd_inner_rates_are_learned() -> None:
 def test_reptile_outer_step_moves_towards_adapted_weights() -> None:
     model = tiny_mlp()
     learner = build_learner("reptile", model, inner_lr=0.1, inner_steps=3, meta_lr=1.0)
-    learner._optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    learner.set_optimizer(torch.optim.SGD(model.parameters(), lr=1.0))
     task = tiny_task()
     target = learner.adapt(task.support_x, task.support_y).params
     target = {n: p.detach() for n, p in target.items()}

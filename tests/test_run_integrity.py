@@ -95,8 +95,8 @@ def test_a_checkpoint_without_its_digest_is_refused(tmp_path):
         load_checkpoint(tmp_path / "m")
 
 
-# A training run killed (SIGKILL) at a chosen moment of its K-th checkpoint write, then
-# resumed, must end with the weights of an uninterrupted run, bit for bit.
+# A training or pruning run killed (SIGKILL) at a chosen moment of its K-th checkpoint write,
+# then resumed, must end with the weights (and masks) of an uninterrupted run, bit for bit.
 KILL = textwrap.dedent("""
     import os, signal, sys
     import metaprune.checkpoint as ck
@@ -112,7 +112,7 @@ KILL = textwrap.dedent("""
         return tmp
     def replace(a, b):
         real_replace(a, b)
-        if moment == "between-renames" and str(b).endswith("model.safetensors"):
+        if moment == "between-renames" and str(b).endswith(".safetensors"):
             saves[0] += 1
             if saves[0] == nth:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -141,3 +141,39 @@ def test_train_killed_inside_a_checkpoint_write_resumes_bit_identical(tmp_path, 
     got = load_checkpoint(tmp_path / "run" / "model").learner.model.state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the next write cleaned up
+
+
+PRUNE = ["--method", "anp", "--sparsity", "0.5", "--schedule", "0.25x2", "--retrain-iters", "4",
+         "--checkpoint-every", "2", "--tasks", "2", "--val-tasks", "0", "--workers", "1",
+         "--no-progress"]
+
+
+def _prune(dense, out, moment: str = "none", nth: int = 0) -> int:
+    cmd = [sys.executable, "-c", KILL, moment, str(nth), "prune", str(dense), "--out", str(out),
+           *PRUNE]
+    env = {**os.environ, "METAPRUNE_THREADS": "1"}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode
+
+
+@pytest.fixture(scope="module")
+def dense_and_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune_kill")
+    assert main(["train", "--out", str(root / "dense"), "--set", "train.iterations=4",
+                 "--workers", "1", *TINY]) == 0
+    assert _prune(root / "dense" / "model", root / "ref") == 0
+    return root / "dense" / "model", root / "ref"
+
+
+@pytest.mark.parametrize("moment, nth", [("between-renames", 1), ("after-first-temp", 2),
+                                         ("between-renames", 4), ("after-first-temp", 5)])
+def test_prune_killed_inside_a_checkpoint_write_resumes_bit_identical(dense_and_reference,
+                                                                      tmp_path, moment, nth):
+    dense, ref = dense_and_reference
+    assert _prune(dense, tmp_path / "run", moment, nth) == -signal.SIGKILL
+    assert _prune(dense, tmp_path / "run") == 0, "resume failed"
+    a = load_checkpoint(ref / "round02").learner
+    b = load_checkpoint(tmp_path / "run" / "round02").learner
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    assert a.masks.keys() == b.masks.keys()
+    assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)

@@ -7,21 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from .argtypes import FRACTION, NON_NEGATIVE, POSITIVE
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import config_diff, load_config, validate_config
-from .distributed import barrier, is_main
+from .distributed import barrier, check_device, is_main
 from .evaluation import EvalResult, evaluate, paired_difference
 from .experiment import load_split, make_learner, test_tasks, train_sampler
 from .training import last_iteration, meta_train
-
-
-def _device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -80,7 +72,7 @@ TRAIN_RUN_FILES = ("model.safetensors", "model.json", "eval_test.json", "test_ta
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = check_device(args.device)
     out = Path(args.out)
     ckpt = out / "model"
     cfg = load_config(args.config, args.set)
@@ -130,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = check_device(args.device)
     c = load_checkpoint(args.checkpoint, device=device, with_optimizer=False)
     cfg = c.meta.get("config")
     if not cfg:
@@ -161,6 +153,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args, _device(args.device))
+    return run_demo(args, check_device(args.device))
 
 

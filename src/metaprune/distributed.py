@@ -159,6 +159,14 @@ def die_with_launcher() -> None:
         os._exit(1)
 
 
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch.device; ValueError naming --device if it is CUDA and there is
+    none."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
 def init_from_env(device: str) -> str:
     """Join the process group that torchrun (or ``--workers``) describes in the environment:
     gloo on CPU, nccl on CUDA with one GPU per rank (``cuda`` becomes ``cuda:LOCAL_RANK``).
@@ -168,8 +176,7 @@ def init_from_env(device: str) -> str:
     die_with_launcher()
     cuda = device.startswith("cuda")
     if cuda:
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        check_device(device)
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
             raise ValueError(f"local rank {local} but only {torch.cuda.device_count()} GPU(s): "

@@ -44,6 +44,7 @@ from torch.func import functional_call
 from ..finite import NonFiniteError, non_finite
 from ..images import IMAGE_SUFFIXES, read_image
 from ..models import build_model
+from ..models.layers import Embedding
 from .format import MPZ, check_rule, load_mpz
 
 BN_MODES = ("support", "batch")
@@ -113,23 +114,12 @@ def query_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 # ---- the adapted model ------------------------------------------------------------------------
-class _Embed(nn.Module):
-    """Runs ``model.embed`` as forward (functional_call needs a module's forward)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.m = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m.embed(x) if hasattr(self.m, "embed") else self.m(x)
-
-
 class PrototypeClassifier(nn.Module):
     """Embedding + negative squared Euclidean distance to fixed class prototypes."""
 
     def __init__(self, model: nn.Module, prototypes: torch.Tensor):
         super().__init__()
-        self.embed = _Embed(model)
+        self.embed = Embedding(model)
         self.register_buffer("prototypes", prototypes.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +194,7 @@ class AdaptedModel:
         if bn != "batch":
             raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
         if self.kind == "prototypes":  # as the library: query-batch statistics, cdist
-            z = functional_call(_Embed(self.base), {f"m.{n}": p for n, p in self.params.items()},
+            z = functional_call(Embedding(self.base), {f"m.{n}": p for n, p in self.params.items()},
                                 (x,))
             return -torch.cdist(z, self.prototypes).pow(2)
         return functional_call(self.base, self.params, (x,))
@@ -262,7 +252,7 @@ class DeviceModel:
         names = list(class_names) if class_names is not None else [str(i) for i in range(n_cls)]
         params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         if self.rule["kind"] == "prototypes":
-            embed = _Embed(self.model)
+            embed = Embedding(self.model)
             stats = self._bn_stats(embed, {f"m.{n}": p for n, p in params.items()}, x, "m.")
             with torch.no_grad():
                 z = functional_call(embed, {f"m.{n}": p for n, p in params.items()}, (x,))

@@ -100,6 +100,12 @@ class Learner:
         if state is not None:
             self.optimizer.load_state_dict(state)
 
+    def set_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Use ``optimizer`` (over :meth:`meta_parameters`) for the outer step instead of the
+        default Adam with ``meta_lr`` (checkpoints restore their state into the default Adam:
+        a custom optimiser is for runs that do not resume)."""
+        self._optimizer = optimizer
+
     def reset_optimizer(self) -> None:
         """Forget the meta-optimiser's moments (the next step starts a fresh one)."""
         self._optimizer = None

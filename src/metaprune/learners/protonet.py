@@ -6,20 +6,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..models.layers import Embedding
 from .base import Adapted, Learner, Params
 from .registry import register_learner
-
-
-class _Embed(nn.Module):
-    """Calls ``model.embed`` (or ``model.forward`` if it has none) as this module's forward, so
-    that ``functional_call`` can run the embedding with a parameter dict."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.m = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m.embed(x) if hasattr(self.m, "embed") else self.m(x)
 
 
 @register_learner("protonet")
@@ -32,7 +21,7 @@ class ProtoNet(Learner):
         kw["inner_steps"] = 0
         kw.setdefault("eval_inner_steps", 0)
         super().__init__(model, **kw)
-        self._embed = _Embed(model)
+        self._embed = Embedding(model)
 
     def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self._embed, {f"m.{n}": p for n, p in params.items()}, (x,))

@@ -42,3 +42,16 @@ class MaxPool2(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size=2, stride=2, ceil_mode={self.ceil_mode}"
+
+
+class Embedding(nn.Module):
+    """A backbone without its classifier head: ``model.embed`` (or ``model.forward`` if it has
+    none) as this module's forward, so that ``functional_call`` can run the embedding with a
+    parameter dict (keys prefixed ``m.``). Used by ProtoNet and the device runtime."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.m = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m.embed(x) if hasattr(self.m, "embed") else self.m(x)

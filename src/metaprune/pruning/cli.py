@@ -10,7 +10,7 @@ import torch
 
 from ..argtypes import FRACTION, NON_NEGATIVE, POSITIVE, real
 from ..config import parse_key_value
-from ..distributed import is_main
+from ..distributed import check_device, is_main
 from ..masks import dense_masks, format_sparsity_table, prunable_weights, sparsity_table
 from .budget import DEFAULT_GUARD_DROP
 from .criteria import (
@@ -200,9 +200,7 @@ def _checkpoint_and_sampler(args: argparse.Namespace):
     from ..checkpoint import load_checkpoint
     from ..data.tasks import TaskSampler
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
-    device = torch.device(args.device)
+    device = check_device(args.device)
     ck = load_checkpoint(args.checkpoint, device=device)
     data = ck.meta.get("data") or (ck.meta.get("config") or {}).get("data")
     if not data:
@@ -378,10 +376,10 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
     from pathlib import Path
 
     from ..checkpoint import save_checkpoint
-    from .structured import _check, block_widths, structured_anp
+    from .structured import block_widths, check_structured, structured_anp
 
     keep = structured_keep(args.sparsity, args.keep)
-    _check(ck.learner.model)       # conv4 / conv4-slim only: a TypeError naming the model
+    check_structured(ck.learner.model)       # conv4 / conv4-slim only: a TypeError naming the model
     widths0 = block_widths(ck.learner.model)
     learner, plans = structured_anp(
         ck.learner, sampler, keep=keep, rounds=args.rounds, retrain_iters=args.retrain_iters,

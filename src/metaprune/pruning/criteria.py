@@ -323,7 +323,7 @@ class _OBS(Criterion):
                 adapted_moments[f"{ly}.weight"] = [torch.zeros_like(w0), torch.zeros_like(w0)]
         with record_hessians(learner.model, layers, self.patch_stride) as (accs, switch):
             for t in shard(tasks):  # this rank's share; summed over the ranks below
-                adapted = self._adapt(learner, t)
+                adapted = self.scoring_adaptation(learner, t)
                 if adapted_moments is not None:
                     for ly in layers:
                         w = _weight_matrix_of(modules[ly], adapted.params, ly).double()
@@ -350,7 +350,9 @@ class _OBS(Criterion):
                                 if a.count > 0})
         return {f"{ly}.weight": a.hessian() for ly, a in accs.items() if a.count > 0}
 
-    def _adapt(self, learner: Learner, task: Task) -> Adapted:
+    def scoring_adaptation(self, learner: Learner, task: Task) -> Adapted:
+        """The (detached) adapted parameters this criterion records H under: the task-adapted
+        ones (ANP) or the un-adapted ones (L-OBS)."""
         with torch.enable_grad():
             a = learner.adapt(task.support_x, task.support_y,
                               steps=None if self.adapted else 0, create_graph=False)

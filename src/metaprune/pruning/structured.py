@@ -62,7 +62,8 @@ class ChannelPlan:
         return [len(k) for k in self.keep]
 
 
-def _check(model: nn.Module) -> None:
+def check_structured(model: nn.Module) -> None:
+    """TypeError unless ``model`` is a Conv4 (the architectures structured pruning supports)."""
     if not isinstance(model, (Conv4, Conv4Slim)):
         raise TypeError(f"structured pruning supports conv4/conv4-slim, not "
                         f"{type(model).__name__}")
@@ -144,7 +145,7 @@ def plan_step(learner: Learner, tasks: Sequence, widths: Sequence[int],
     survivors per block, compensate the consumers (anp: OBS) and set the equivalent masks
     (removed filters and their consumer columns = 0). Returns the plan and the masks."""
     model = learner.model
-    _check(model)
+    check_structured(model)
     if channel_criterion not in CHANNEL_CRITERIA:
         raise ValueError(f"channel criterion must be one of {CHANNEL_CRITERIA}, got "
                          f"'{channel_criterion}'")
@@ -196,7 +197,7 @@ def plan_step(learner: Learner, tasks: Sequence, widths: Sequence[int],
 def slim_model(model: nn.Module, plan: ChannelPlan) -> Conv4Slim:
     """Physically remove the channels not in ``plan.keep``: a ``conv4-slim`` whose outputs
     equal the masked full-width model's."""
-    _check(model)
+    check_structured(model)
     cfg = model.config
     slim = build_model("conv4-slim", widths=plan.widths, n_way=cfg["n_way"],
                        in_channels=cfg["in_channels"], image_size=cfg["image_size"])
