@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -104,3 +105,28 @@ def test_numeric_flags_are_range_checked_naming_the_flag(argv, flag, message, ca
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: " in err and message in err, err
+
+
+def test_download_verifies_omniglot_and_explains_miniimagenet(tmp_path, capsys, monkeypatch):
+    import metaprune.data.download as dl
+
+    assert main(["download", "miniimagenet", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no official automatic download" in err and str(tmp_path) in err
+    fetched = []
+
+    class FakeResponse(io.BytesIO):  # the network is never used in tests
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def urlopen(url, timeout):
+        fetched.append(url)
+        return FakeResponse(b"not the archive")
+
+    monkeypatch.setattr(dl.urllib.request, "urlopen", urlopen)
+    assert main(["download", "omniglot", str(tmp_path)]) == 2
+    assert "checksum mismatch" in capsys.readouterr().err and fetched
+    assert not list((tmp_path / "omniglot").glob("*.zip"))  # a bad download is not kept

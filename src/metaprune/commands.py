@@ -66,6 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("download", help="fetch a benchmark dataset into DIR (checksums "
+                       "verified); then point METAPRUNE_DATA at DIR")
+    p.add_argument("dataset", choices=sorted(DOWNLOADS), help="dataset to fetch")
+    p.add_argument("dir", help="data root: files go to DIR/<dataset>/")
+    p.add_argument("--force", action="store_true", help="fetch again even if present")
+    p.set_defaults(func=cmd_download)
+
 
 # files of a train run folder (the checkpoint 'model' and what is derived from it)
 TRAIN_RUN_FILES = ("model.safetensors", "model.json", "eval_test.json", "test_tasks.json")
@@ -156,3 +163,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args, check_device(args.device))
 
 
+
+
+# what `metaprune download` can fetch: name -> (fetch(root, force) -> files, or None with the
+# reason it cannot be fetched automatically)
+MINIIMAGENET_HOWTO = (
+    "mini-ImageNet has no official automatic download: its images are a subset of ImageNet, "
+    "whose licence requires each user to accept its terms at https://image-net.org. Get the "
+    "images there, put mini-imagenet-100.zip (or images/ with train.csv, val.csv, test.csv of "
+    "Ravi & Larochelle's split) under DIR/mini-imagenet/, and set METAPRUNE_DATA=DIR.")
+DOWNLOADS = {"omniglot": None, "miniimagenet": MINIIMAGENET_HOWTO}
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data import download_omniglot
+
+    if DOWNLOADS[args.dataset] is not None:
+        raise ValueError(DOWNLOADS[args.dataset].replace("DIR", args.dir))
+    files = download_omniglot(args.dir, force=args.force)
+    for f in files:
+        print(f"{f}: sha256 verified")
+    print(f"done: export METAPRUNE_DATA={Path(args.dir).resolve()}")
+    return 0
