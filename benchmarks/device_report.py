@@ -200,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model:
         ap.error("give at least one --model NAME=CHECKPOINT")
-    import metaprune.deploy.slim  # noqa: F401  (conv4-slim checkpoints)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

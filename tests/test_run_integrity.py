@@ -148,9 +148,14 @@ PRUNE = ["--method", "anp", "--sparsity", "0.5", "--schedule", "0.25x2", "--retr
          "--no-progress"]
 
 
-def _prune(dense, out, moment: str = "none", nth: int = 0) -> int:
+STRUCTURED = ["--method", "anp-structured", "--sparsity", "0.75", "--rounds", "2",
+              "--retrain-iters", "4", "--checkpoint-every", "2", "--tasks", "2", "--val-tasks",
+              "0", "--workers", "1", "--no-progress"]
+
+
+def _prune(dense, out, moment: str = "none", nth: int = 0, options=PRUNE) -> int:
     cmd = [sys.executable, "-c", KILL, moment, str(nth), "prune", str(dense), "--out", str(out),
-           *PRUNE]
+           *options]
     env = {**os.environ, "METAPRUNE_THREADS": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode
 
@@ -177,3 +182,15 @@ def test_prune_killed_inside_a_checkpoint_write_resumes_bit_identical(dense_and_
         assert torch.equal(v, b.model.state_dict()[k]), k
     assert a.masks.keys() == b.masks.keys()
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
+@pytest.mark.parametrize("moment, nth", [("between-renames", 2), ("after-first-temp", 3)])
+def test_structured_prune_killed_inside_a_checkpoint_write_resumes_bit_identical(
+        dense_and_reference, tmp_path, moment, nth):
+    dense, _ = dense_and_reference
+    assert _prune(dense, tmp_path / "ref", options=STRUCTURED) == 0
+    assert _prune(dense, tmp_path / "run", moment, nth, STRUCTURED) == -signal.SIGKILL
+    assert _prune(dense, tmp_path / "run", options=STRUCTURED) == 0, "resume failed"
+    a = load_checkpoint(tmp_path / "ref" / "round02").learner.model.state_dict()
+    b = load_checkpoint(tmp_path / "run" / "round02").learner.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -163,7 +163,19 @@ def test_prune_cli_anp_structured(tmp_path, capsys) -> None:
     assert "[8, 8, 8, 8] -> [4, 4, 4, 4]" in out            # keep sqrt(1 - 0.75) = 0.5
     ck = load_checkpoint(tmp_path / "s" / "round02", with_optimizer=False)
     assert block_widths(ck.learner.model) == [4, 4, 4, 4]
-    assert ck.meta["structured"]["widths"][-1] == [4, 4, 4, 4]
+    assert ck.meta["structured"]["widths"] == [4, 4, 4, 4]
+    assert block_widths(load_checkpoint(tmp_path / "s" / "round01").learner.model) == [6] * 4
+    base = ["prune", dense, "--method", "anp-structured", "--rounds", "2", "--retrain-iters",
+            "1", "--meta-batch", "2", "--tasks", "2", "--out", str(tmp_path / "s"),
+            "--no-progress"]
+    before = (tmp_path / "s" / "round02.safetensors").read_bytes()
+    assert main([*base, "--sparsity", "0.75"]) == 0       # finished: reused as it is
+    assert (tmp_path / "s" / "round02.safetensors").read_bytes() == before
+    capsys.readouterr()
+    assert main([*base, "--sparsity", "0.9"]) == 2        # other settings into the same --out
+    assert "other settings" in capsys.readouterr().err
+    assert main([*base, "--sparsity", "0.75", "--schedule", "0.5"]) == 2
+    assert "does not use --schedule" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "s" / "round02"), "--json"]) == 0
     assert 0.0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1.0
     assert main(["export", str(tmp_path / "s" / "round02"), "--out",

@@ -23,6 +23,11 @@ from .criteria import (
 from .pruner import PruneConfig, check_resumable, prune, scoring_tasks
 from .structured import STRUCTURED_METHODS
 
+# options of the unstructured methods that the structured ones do not use (-> their defaults)
+STRUCTURED_IGNORES = {"schedule": "default", "h_data": None, "compensation": "auto",
+                      "obs_weights": "meta", "bn_aware": False, "allocation": "layerwise",
+                      "layer_ratio": [], "criterion_option": []}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -372,30 +377,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
                       device: torch.device) -> int:
     """``--method anp-structured`` (or a channel baseline): channel rounds, physical removal,
-    re-meta-training; writes the final slim network as OUT/roundNN (NN = --rounds)."""
+    re-meta-training; every round saved as OUT/roundNN (a conv4-slim), resumable."""
     from pathlib import Path
 
-    from ..checkpoint import save_checkpoint
     from .structured import block_widths, check_structured, structured_anp
 
+    given = [f"--{d.replace('_', '-')}" for d, default in STRUCTURED_IGNORES.items()
+             if getattr(args, d) != default]
+    if given:
+        raise ValueError(f"--method {args.method} does not use {', '.join(given)} (it takes "
+                         "--keep/--sparsity, --rounds, --retrain-iters, --meta-batch, --tasks, "
+                         "--damping, --patch-stride, --checkpoint-every)")
     keep = structured_keep(args.sparsity, args.keep)
     check_structured(ck.learner.model)       # conv4 / conv4-slim only: a TypeError naming the model
     widths0 = block_widths(ck.learner.model)
+    meta = {k: ck.meta[k] for k in ("config", "data") if k in ck.meta}
+    meta.update({"source_checkpoint": str(args.checkpoint),
+                 "structured": {"method": args.method}})
     learner, plans = structured_anp(
         ck.learner, sampler, keep=keep, rounds=args.rounds, retrain_iters=args.retrain_iters,
         meta_batch=meta_batch, tasks=args.tasks, damping=args.damping, device=device,
         progress=not args.no_progress,
         log=lambda m: print(m, file=sys.stderr, flush=True) if is_main() else None,
-        channel_criterion=STRUCTURED_METHODS[args.method])
+        channel_criterion=STRUCTURED_METHODS[args.method], patch_stride=args.patch_stride,
+        out_dir=args.out, checkpoint_every=args.checkpoint_every, meta=meta)
     out = Path(args.out) / f"round{args.rounds:02d}"
-    meta = {k: ck.meta[k] for k in ("config", "data") if k in ck.meta}
-    meta.update({"kind": "structured", "source_checkpoint": str(args.checkpoint),
-                 "structured": {"method": args.method, "keep": keep, "rounds": args.rounds,
-                                "retrain_iters": args.retrain_iters, "meta_batch": meta_batch,
-                                "tasks": args.tasks, "seed": args.seed,
-                                "widths": [p.widths for p in plans]}})
-    if is_main():
-        save_checkpoint(out, learner, meta, with_optimizer=False)
     n = sum(p.numel() for p in learner.model.parameters())
     print(f"{args.method}: channels {widths0} -> {plans[-1].widths} (keep {keep:.3f}), "
           f"{n:,} parameters, {args.rounds} round(s), final checkpoint {out}")

@@ -24,14 +24,16 @@ Between rounds the slim network is re-meta-trained as is (mathematically the mas
 re-meta-training of the full-width network: removed channels contribute nothing), at a fraction
 of its cost. Meta-SGD (per-weight learning rates) is not supported here.
 
-    python -m metaprune.pruning.structured CHECKPOINT --keep 0.5 --rounds 2 --out DIR
+    metaprune prune CHECKPOINT --method anp-structured --keep 0.5 --rounds 2 --out DIR
+
+Every round is saved as ``DIR/roundNN`` (a ``conv4-slim`` checkpoint) with ``DIR/state.json``,
+and the re-training inside a round checkpoints to ``DIR/work``: a killed run resumes.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,13 +42,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..argtypes import NON_NEGATIVE, POSITIVE, real
 from ..data.tasks import OffsetSampler
-from ..deploy.slim import Conv4Slim
 from ..learners import Learner, build_learner
 from ..masks import Masks
 from ..models import Conv4, build_model
-from .criteria import ANP, DEFAULT_H_DATA
+from .criteria import ANP, DEFAULT_H_DATA, DEFAULT_PATCH_STRIDE
 from .hessian import damped_inverse, weight_matrix
 
 
@@ -64,7 +64,7 @@ class ChannelPlan:
 
 def check_structured(model: nn.Module) -> None:
     """TypeError unless ``model`` is a Conv4 (the architectures structured pruning supports)."""
-    if not isinstance(model, (Conv4, Conv4Slim)):
+    if not isinstance(model, Conv4):
         raise TypeError(f"structured pruning supports conv4/conv4-slim, not "
                         f"{type(model).__name__}")
 
@@ -194,7 +194,7 @@ def plan_step(learner: Learner, tasks: Sequence, widths: Sequence[int],
 
 
 @torch.no_grad()
-def slim_model(model: nn.Module, plan: ChannelPlan) -> Conv4Slim:
+def slim_model(model: nn.Module, plan: ChannelPlan) -> Conv4:
     """Physically remove the channels not in ``plan.keep``: a ``conv4-slim`` whose outputs
     equal the masked full-width model's."""
     check_structured(model)
@@ -242,73 +242,74 @@ def schedule(widths: Sequence[int], keep: float, rounds: int) -> list[list[int]]
 def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2,
                    retrain_iters: int = 100, meta_batch: int = 4, tasks: int = 20,
                    damping: float = 1e-4, device: str | torch.device = "cpu",
-                   progress: bool = False, log=print, channel_criterion: str = "anp"
-                   ) -> tuple[Learner, list[ChannelPlan]]:
+                   progress: bool = False, log=print, channel_criterion: str = "anp",
+                   patch_stride: int = DEFAULT_PATCH_STRIDE,
+                   out_dir: str | Path | None = None, checkpoint_every: int = 50,
+                   meta: dict | None = None) -> tuple[Learner, list[ChannelPlan]]:
     """Rounds of (channel step with ``channel_criterion``, physical removal,
-    re-meta-training); returns the final slim learner and the plans."""
-    from ..training import meta_train
+    re-meta-training); returns the final slim learner and the plans. With ``out_dir`` every
+    round is saved (``roundNN``, ``state.json``) and the re-training checkpoints to ``work``
+    every ``checkpoint_every`` iterations: called again with the same arguments (and the same
+    dense learner), a killed run resumes; other arguments or another learner are refused."""
+    from ..checkpoint import load_checkpoint, paths, read_meta, save_checkpoint
+    from ..distributed import barrier, is_main
+    from ..io import atomic_write_text
+    from ..training import last_iteration, meta_train
 
-    plans = []
-    targets = schedule(block_widths(learner.model), keep, rounds)
+    config = {"keep": keep, "rounds": rounds, "retrain_iters": retrain_iters,
+              "meta_batch": meta_batch, "tasks": tasks, "damping": damping,
+              "channel_criterion": channel_criterion, "patch_stride": patch_stride}
+    out = Path(out_dir) if out_dir is not None else None
+    source = learner.digest() if out is not None else None
+    plans: list[ChannelPlan] = []
+    if out is not None and (out / "state.json").exists():
+        state = json.loads((out / "state.json").read_text())
+        if state.get("config") != config or state.get("source_digest") != source:
+            raise ValueError(f"'{out}' holds a structured pruning run with other settings or "
+                             f"of another model ({state.get('config')}); use another --out")
+        plans = [ChannelPlan(p) for p in state["plans"]]
+        if plans:
+            learner = load_checkpoint(out / f"round{len(plans):02d}", device=device).learner
+    start_widths = block_widths(learner.model) if not plans else state["start_widths"]
+    targets = schedule(start_widths, keep, rounds)
     for r, widths in enumerate(targets, 1):
+        if r <= len(plans):
+            continue
         t0 = time.perf_counter()
-        # only the anp criterion scores on tasks; l1 / random need none
-        score_tasks = ([t.to(device) for t in sampler.batch(10_000_000 + r * tasks, tasks)]
-                       if channel_criterion == "anp" else [])
-        plan, _ = plan_step(learner, score_tasks, widths, damping=damping,
-                            channel_criterion=channel_criterion, seed=r)
-        learner = slim_learner(learner, plan)
-        learner.model.to(device)
+        work = out / "work" if out is not None else None
+        resume = (work is not None and paths(work)[1].exists()
+                  and read_meta(work).get("structured_round") == r)
+        if resume:  # killed during this round's re-training: its slim learner is saved
+            learner = load_checkpoint(work, device=device).learner
+            plan = ChannelPlan([list(k) for k in read_meta(work)["plan"]])
+        else:
+            # only the anp criterion scores on tasks; l1 / random need none
+            score_tasks = ([t.to(device) for t in sampler.batch(10_000_000 + r * tasks, tasks)]
+                           if channel_criterion == "anp" else [])
+            plan, _ = plan_step(learner, score_tasks, widths, damping=damping,
+                                patch_stride=patch_stride, channel_criterion=channel_criterion,
+                                seed=r)
+            learner = slim_learner(learner, plan)
+            learner.model.to(device)
         t1 = time.perf_counter()
         if retrain_iters:
             meta_train(learner, OffsetSampler(sampler, 20_000_000 + r * retrain_iters * meta_batch),
-                       retrain_iters, meta_batch, device=device, progress=progress,
-                       desc=f"structured round {r}")
+                       retrain_iters, meta_batch,
+                       start_iteration=(last_iteration(work) or 0) if resume else 0,
+                       checkpoint_path=work, checkpoint_every=checkpoint_every,
+                       meta={**(meta or {}), "structured_round": r, "plan": plan.keep},
+                       device=device, progress=progress, desc=f"structured round {r}")
         plans.append(plan)
+        if out is not None:
+            if is_main():
+                given = (meta or {}).get("structured") or {}
+                save_checkpoint(out / f"round{r:02d}", learner,
+                                {**(meta or {}), "kind": "structured", "structured": {
+                                    **given, **config, "round": r, "widths": plan.widths}})
+                atomic_write_text(out / "state.json", json.dumps(
+                    {"config": config, "source_digest": source, "start_widths": start_widths,
+                     "plans": [p.keep for p in plans]}))
+            barrier()
         log(f"round {r}: widths {plan.widths}, scoring {t1 - t0:.1f}s, "
             f"re-training {time.perf_counter() - t1:.1f}s")
     return learner, plans
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..data.registry import get_dataset
-    from ..data.tasks import TaskSampler
-
-    ap = argparse.ArgumentParser(prog="python -m metaprune.pruning.structured",
-                                 description="Structured ANP (channel removal) for Conv4.")
-    ap.add_argument("checkpoint")
-    ap.add_argument("--keep", type=real(0, 1, low_open=True), default=0.5,
-                    help="fraction of channels kept")
-    ap.add_argument("--rounds", type=POSITIVE, default=2)
-    ap.add_argument("--retrain-iters", type=NON_NEGATIVE, default=100)
-    ap.add_argument("--meta-batch", type=POSITIVE, default=4)
-    ap.add_argument("--tasks", type=POSITIVE, default=20, help="scoring tasks per round")
-    ap.add_argument("--damping", type=real(0, low_open=True), default=1e-4)
-    ap.add_argument("--seed", type=NON_NEGATIVE, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", required=True, help="output checkpoint path (NAME)")
-    args = ap.parse_args(argv)
-    ck = load_checkpoint(args.checkpoint, device=args.device, with_optimizer=False)
-    cfg = ck.meta.get("config") or {}
-    data = cfg.get("data") or {}
-    if not data:
-        raise ValueError(f"'{args.checkpoint}' has no data config: cannot draw tasks")
-    ds = get_dataset(data["dataset"], data.get("train_split", "train"), data.get("root"),
-                     **(data.get("options") or {}))
-    sampler = TaskSampler(ds, data["n_way"], data["k_shot"], data["q_query"], seed=args.seed)
-    learner, plans = structured_anp(ck.learner, sampler, args.keep, args.rounds,
-                                    args.retrain_iters, args.meta_batch, args.tasks,
-                                    args.damping, args.device)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, learner, {"config": cfg, "structured": {
-        "keep": args.keep, "rounds": args.rounds, "retrain_iters": args.retrain_iters,
-        "widths": [p.widths for p in plans], "source": str(args.checkpoint)}},
-        with_optimizer=False)
-    print(f"structured ANP: widths {plans[-1].widths} -> {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
