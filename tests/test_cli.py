@@ -31,7 +31,7 @@ def test_train_resume_evaluate_json_and_compare(tmp_path, capsys) -> None:
     assert main(["evaluate", str(out / "model"), "--json", "--save",
                  str(tmp_path / "a.json")]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["tasks"] == 12 and 0.0 <= res["accuracy"] <= 1.0 and res["ci95"] >= 0.0
+    assert res["tasks"] == 12 and res["ci95"] > 0.0
     assert res["accuracy"] == pytest.approx(doc["metrics"]["test"]["accuracy"])
     # paired against itself: difference exactly 0
     assert main(["evaluate", str(out / "model"), "--json", "--compare",

@@ -104,6 +104,31 @@ def test_metasgd_inner_rates_are_learned() -> None:
     assert any(not torch.equal(before[k], v) for k, v in learner.lrs.items())
 
 
+def test_metasgd_learned_rates_get_the_exact_meta_gradient() -> None:
+    """d L_meta / d lr (Meta-SGD's per-weight inner learning rates) against central finite
+    differences, through two inner steps."""
+    learner = build_learner("metasgd", tiny_mlp(), inner_lr=0.3, inner_steps=2)
+    with torch.no_grad():
+        for p in learner.lrs.values():
+            p.uniform_(0.1, 0.5, generator=torch.Generator().manual_seed(3))
+    task = tiny_task()
+    loss, _ = learner.task_loss(task, create_graph=True)
+    grads = dict(zip(learner.lrs, torch.autograd.grad(loss, list(learner.lrs.values()))))
+    for key, idx in [("0__weight", (1, 2)), ("2__bias", (0,)), ("2__weight", (2, 4))]:
+        p, eps = learner.lrs[key], 1e-6
+        with torch.no_grad():
+            p[idx] += eps
+        up = meta_loss(learner, task)
+        with torch.no_grad():
+            p[idx] -= 2 * eps
+        down = meta_loss(learner, task)
+        with torch.no_grad():
+            p[idx] += eps
+        fd = (up - down) / (2 * eps)
+        assert grads[key][idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), key
+        assert abs(fd) > 1e-6  # the rate matters: the check is not 0 == 0
+
+
 def test_reptile_outer_step_moves_towards_adapted_weights() -> None:
     model = tiny_mlp()
     learner = build_learner("reptile", model, inner_lr=0.1, inner_steps=3, meta_lr=1.0)
