@@ -793,6 +793,8 @@ def render() -> str:
 
 def main() -> None:
     (HERE / "README.md").write_text(render())
+    root = HERE.parent / "README.md"
+    root.write_text(render_root_readme(root.read_text()))
 
 
 def _add_display_columns(r: dict, is_dense: bool, sparsity: str) -> None:
@@ -806,6 +808,46 @@ def _add_display_columns(r: dict, is_dense: bool, sparsity: str) -> None:
 def _first_row(path: Path) -> dict:
     with path.open() as f:
         return next(csv.DictReader(f), {})
+
+
+
+# ---- the root README's results table (between markers; tests/test_regenerated_pages.py) ----
+README_TABLE_ROWS = [
+    ("A: Omniglot 5-way 1-shot, Conv4-64, MAML, every layer pruned", "sparsity_A"),
+    ("A: the same, first layer and head dense (the CLI's default preset)",
+     "sparsity_A_enddense_ps5"),
+    ("B: Omniglot 20-way 1-shot, Conv4-64, MAML", "sparsity_B"),
+    ("C: mini-ImageNet (reduced, 42 px) 5-way 1-shot, Conv4-32, MAML", "sparsity_C"),
+    ("D: Omniglot 5-way 1-shot, ResNet-12 (16-32-64-128), MAML", "sparsity_D"),
+    ("E: the same with ProtoNet", "sparsity_E-protonet"),
+    ("E: first-order MAML", "sparsity_E-fomaml"),
+    ("E: first-order MAML, dense 3000 x 8, 100 re-training iterations per round",
+     "sparsity_E-fomaml_d3000"),
+    ("E: Reptile", "sparsity_E-reptile"),
+]
+TABLE_START, TABLE_END = "<!-- results-table: start -->", "<!-- results-table: end -->"
+
+
+def readme_results_table(sparsity: str = "0.85") -> str:
+    """Dense accuracy and the paired differences at ``sparsity`` of anp, magnitude and lobs,
+    one row per setting, from the committed CSVs."""
+    lines = ["| setting | dense | anp | magnitude | lobs | file |", "|---|---|---|---|---|---|"]
+    for label, stem in README_TABLE_ROWS:
+        rows = list(csv.DictReader((RESULTS / f"{stem}.csv").open()))
+        dense = next(r for r in rows if r["method"] == "dense")
+        cell = {r["method"]: f"{float(r['diff_vs_dense']):+.2f} +- {float(r['diff_ci95']):.2f}"
+                for r in rows if r["target_sparsity"] == sparsity and r["diff_vs_dense"]}
+        lines.append(f"| {label} | {float(dense['accuracy']):.2f} +- {float(dense['ci95']):.2f} | "
+                     + " | ".join(cell.get(m, "") for m in ("anp", "magnitude", "lobs"))
+                     + f" | [{stem}.md](benchmarks/results/{stem}.md) |")
+    return "\n".join(lines)
+
+
+def render_root_readme(text: str) -> str:
+    """``text`` (README.md) with the block between the markers regenerated."""
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_START}\n{readme_results_table()}\n{TABLE_END}{tail}"
 
 
 if __name__ == "__main__":
