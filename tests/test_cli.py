@@ -57,6 +57,11 @@ def test_demo_prints_dense_anp_magnitude_table(tmp_path, capsys) -> None:
     assert rows[0]["sparsity"] == 0.0
     assert all(abs(r["sparsity"] - 0.85) < 0.005 for r in rows[1:])
     assert "paired diff vs dense" in table and "anp" in table
+    # the same folder with another setting: refused, naming it (not the old dense accuracy)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "3",
+                 "--retrain-iters", "1", "--tasks", "10", "--width", "4",
+                 "--no-progress"]) == 2
+    assert "train.iterations: 2 -> 3" in capsys.readouterr().err
 
 
 def test_demo_exclude_first_last_keeps_those_layers_dense(tmp_path) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +195,46 @@ def test_structured_prune_killed_inside_a_checkpoint_write_resumes_bit_identical
     a = load_checkpoint(tmp_path / "ref" / "round02").learner.model.state_dict()
     b = load_checkpoint(tmp_path / "run" / "round02").learner.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _hostile_mpz(tmp_path, edit) -> Path:
+    """A valid .mpz whose metadata ``edit`` changes (digest recomputed: a crafted file)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from metaprune.deploy.format import content_digest, mpz_from_learner, save_mpz
+
+    path = save_mpz(tmp_path / "ok.mpz", mpz_from_learner(random_pruned_learner("maml",
+                                                                                   width=4)))
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["mpz"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(meta)
+    index = tensors["index"].numpy().tobytes() if "index" in tensors else b""
+    meta["content_sha256"] = content_digest(meta, tensors["values"].numpy(), index)
+    bad = tmp_path / "bad.mpz"
+    save_file(tensors, str(bad), metadata={"mpz": json.dumps(meta)})
+    return bad
+
+
+def test_model_files_cannot_make_the_runtime_run_forever_or_allocate_gigabytes(tmp_path):
+    from metaprune.deploy.format import FormatError
+    from metaprune.deploy.runtime import DeviceModel
+
+    forever = _hostile_mpz(tmp_path, lambda m: m["rule"].update(steps=10**9))
+    with pytest.raises(FormatError, match=r"bad.mpz': rule.steps must be an integer in "
+                                          r"\[0, 10000\], got 1000000000"):
+        DeviceModel.load(forever)
+    # a 100000 x 100000 head declared by a file that stores a tiny model
+    huge = _hostile_mpz(tmp_path, lambda m: m["model"]["kwargs"].update(n_way=100_000,
+                                                                         width=100_000))
+    t0 = time.time()
+    with pytest.raises(FormatError, match="do not fit model 'conv4'"):
+        DeviceModel.load(huge)
+    assert time.time() - t0 < 5  # built on the meta device: nothing was allocated
+    flipped = tmp_path / "flipped.mpz"
+    data = bytearray((tmp_path / "ok.mpz").read_bytes())
+    data[-10] ^= 0xFF  # one weight byte
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="do not match the digest"):
+        DeviceModel.load(flipped)
