@@ -18,7 +18,7 @@ from metaprune.models import build_model
 from metaprune.pruning.criteria import get_criterion
 from metaprune.pruning.pruner import prune_step
 
-LEARNERS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet")
+LEARNERS = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "cavia")
 
 
 def learner_for(name: str, seed: int = 0):

@@ -55,7 +55,7 @@ def test_two_ranks_train_evaluate_and_prune_exactly_as_one(tmp_path) -> None:
     two = _torchrun(2, tmp_path / "w2")
     assert set(one) == set(two[0]) == set(two[1])
     learners = {k.split(".")[1] for k in one if k.startswith("train.")}
-    assert learners == {"maml", "fomaml", "anil", "metasgd", "reptile", "protonet"}
+    assert learners == {"maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "cavia"}
     assert any(k.startswith("prune.anp.mask.") for k in one)
     assert any(k.startswith("prune.taylor-meta.mask.") for k in one)
     for k, v in one.items():

@@ -11,7 +11,7 @@ from metaprune.learners import build_learner
 from metaprune.masks import format_sparsity_table, prunable_weights, sparsity_table, validate_masks
 from metaprune.models import build_model
 
-LEARNER_NAMES = ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet"]
+LEARNER_NAMES = ["maml", "fomaml", "anil", "metasgd", "reptile", "protonet", "cavia"]
 
 
 @pytest.fixture(scope="module")

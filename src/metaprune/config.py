@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import math
 import os
 from collections.abc import Iterable
@@ -88,6 +89,9 @@ class ModelSection(_Section):
 
 
 class LearnerSection(_Section):
+    # learner-specific keys (e.g. CAVIA's context_dim) are allowed when the learner's
+    # constructor names them
+    model_config = ConfigDict(extra="allow")
     name: str = "maml"
     inner_lr: Rate = 0.4
     inner_steps: Annotated[Count, Field(ge=0)] = 1
@@ -101,6 +105,14 @@ class LearnerSection(_Section):
 
         if self.name not in LEARNERS:
             raise ValueError(_unknown("learner", self.name, LEARNERS))
+        own = [p for p in inspect.signature(LEARNERS[self.name]).parameters
+               if p not in ("model", "kw", "kwargs", *LearnerSection.model_fields)]
+        for key in self.model_extra or {}:
+            if key not in own:
+                valid = [f"learner.{k}" for k in dict.fromkeys([*LearnerSection.model_fields,
+                                                                *own])]
+                raise ValueError(f"learner '{self.name}': "
+                                 + _unknown("key", f"learner.{key}", valid))
         return self
 
 

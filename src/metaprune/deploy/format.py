@@ -345,8 +345,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format") != FORMAT:
         raise FormatError(f"'{path}' is not a metaprune .mpz model (format="
                           f"{meta.get('format')!r})")
-    version = meta.get("version", 0)
-    if isinstance(version, bool) or not isinstance(version, int) or version > VERSION:
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
         raise FormatError(f"'{path}' has format version {version!r}; this metaprune "
                           f"reads up to {VERSION}")
     _check_meta(meta, path)

@@ -1,0 +1,113 @@
+"""CAVIA (Zintgraf et al. 2019, "Fast context adaptation via meta-learning").
+
+Each task gets a context vector (``context_dim`` numbers, zero at the start of every task). A
+FiLM layer after chosen blocks of the backbone (the third by default, after its pooling) scales
+and shifts the block's output channels by a linear map of the context:
+``out * (1 + gamma) + beta`` with ``[gamma, beta] = W c + b``. The inner loop adapts ONLY the
+context (second order by default); the outer loop meta-trains every backbone weight and the
+FiLM generators. Pruning sees the backbone's Conv2d/Linear weights as usual; the FiLM
+generators and the context are learner state (``extra_state``), never pruned.
+
+The backbone must expose its blocks as ``model.features`` (Conv4 does). Forward passes outside
+the learner (``model(x)``) use a zero context: the un-adapted network.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from .base import Learner, Params
+from .registry import register_learner
+
+CONTEXT = "context"
+
+
+def _block_channels(block: nn.Module) -> int:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"CAVIA: block {type(block).__name__} has no Conv2d to FiLM")
+    return convs[-1].out_channels
+
+
+@register_learner("cavia")
+class CAVIA(Learner):
+    name = "cavia"
+
+    def __init__(self, model: nn.Module, context_dim: int = 100,
+                 film_blocks: Sequence[int] = (2,), **kw):
+        super().__init__(model, **kw)
+        blocks = getattr(model, "features", None)
+        if not isinstance(blocks, nn.Sequential):
+            raise ValueError(f"CAVIA needs a backbone whose blocks are model.features (an "
+                             f"nn.Sequential, as in conv4); {type(model).__name__} has none")
+        film_blocks = [int(b) for b in film_blocks]
+        if context_dim < 1 or not film_blocks or any(
+                not 0 <= b < len(blocks) for b in film_blocks):
+            raise ValueError(f"CAVIA: context_dim must be >= 1 and film_blocks indices of the "
+                             f"{len(blocks)} blocks, got {context_dim}, {film_blocks}")
+        self.context_dim = int(context_dim)
+        self.film_blocks = film_blocks
+        self.adapt_names = [CONTEXT]
+        self.film = nn.ParameterDict()
+        bound = 1.0 / math.sqrt(self.context_dim)  # nn.Linear's default init for the weight
+        for b in film_blocks:
+            c = _block_channels(blocks[b])
+            self.film[f"b{b}_weight"] = nn.Parameter(
+                torch.empty(2 * c, self.context_dim).uniform_(-bound, bound))
+            # zero bias: a zero context leaves the block's output unchanged at the start
+            self.film[f"b{b}_bias"] = nn.Parameter(torch.zeros(2 * c))
+            blocks[b].register_forward_hook(self._film_hook(b))
+        self.film.to(next(model.parameters()).device)
+        self._context: torch.Tensor | None = None
+
+    def _film_hook(self, b: int):
+        def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+            ctx = self._context
+            if ctx is None:  # outside the learner: the un-adapted (zero) context
+                ctx = out.new_zeros(self.context_dim)
+            gamma, beta = F.linear(ctx, self.film[f"b{b}_weight"],
+                                   self.film[f"b{b}_bias"]).chunk(2)
+            shape = (1, -1) + (1,) * (out.dim() - 2)
+            return out * (1 + gamma.view(shape)) + beta.view(shape)
+
+        return hook
+
+    def params(self) -> Params:
+        """The model's parameters and a fresh zero context (what each task starts from)."""
+        params = super().params()
+        ref = next(self.model.parameters())
+        params[CONTEXT] = torch.zeros(self.context_dim, dtype=ref.dtype, device=ref.device,
+                                      requires_grad=True)
+        return params
+
+    def forward(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        params = dict(params)
+        self._context = params.pop(CONTEXT, None)
+        try:
+            return functional_call(self.model, params, (x,))
+        finally:
+            self._context = None
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        named = super().meta_parameters()
+        named.update({f"film.{k}": p for k, p in self.film.items()})
+        return named
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {f"film.{k}": p.detach() for k, p in self.film.items()}
+
+    def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in self.film.items():
+                if f"film.{k}" in state:
+                    p.copy_(state[f"film.{k}"])
+
+    def config(self) -> dict:
+        return {**super().config(), "context_dim": self.context_dim,
+                "film_blocks": list(self.film_blocks)}
