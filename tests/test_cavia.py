@@ -11,7 +11,8 @@ import torch
 from metaprune.checkpoint import load_checkpoint, save_checkpoint
 from metaprune.data.glyphs import glyphs
 from metaprune.data.tasks import TaskSampler
-from metaprune.deploy.format import FormatError, mpz_from_learner
+from metaprune.deploy.format import mpz_from_learner, save_mpz
+from metaprune.deploy.runtime import DeviceModel
 from metaprune.learners import CAVIA, build_learner
 from metaprune.models import build_model
 from metaprune.pruning import prune
@@ -88,8 +89,27 @@ def test_save_load_prune_and_export(sampler, tmp_path):
     assert back.evaluate_task(task) == learner.evaluate_task(task)
     for n, m in back.masks.items():  # pruned weights still exactly 0
         assert float(dict(back.model.named_parameters())[n].detach()[m == 0].abs().max()) == 0
-    with pytest.raises(FormatError, match="film"):  # the device format cannot hold it yet
-        mpz_from_learner(back)
+    # the device: the .mpz stores the FiLM generators and the rule; the runtime adapts the
+    # context only and predicts as the library does (query-batch BatchNorm, bn="batch")
+    path = save_mpz(tmp_path / "c.mpz", mpz_from_learner(back))
+    dm = DeviceModel.load(path)
+    assert dm.rule["kind"] == "context" and dm.rule["context_dim"] == 6
+    adapted = dm.adapt(task.support_x, task.support_y)
+    lib = back.adapt(task.support_x, task.support_y, steps=back.eval_inner_steps)
+    with torch.no_grad():
+        expected = back.forward({n: p.detach() for n, p in lib.params.items()}, task.query_x)
+    torch.testing.assert_close(adapted.logits(task.query_x, bn="batch"), expected,
+                               rtol=1e-5, atol=1e-5)
+    for n, p in dm.model.named_parameters():  # weights as stored, pruned ones exactly 0
+        assert torch.equal(adapted.params[n], p)
+        if n in dm.masks:
+            assert float(p[~dm.masks[n]].abs().max()) == 0.0
+    single = adapted.logits(task.query_x[:1])   # frozen support statistics: batch 1 works
+    torch.testing.assert_close(single, adapted.logits(task.query_x)[:1], rtol=1e-5, atol=1e-6)
+    film = dm.mpz.film["b2_weight"].clone()
+    dm.mpz.film["b2_weight"] = film[:, :3]
+    with pytest.raises(ValueError, match="FiLM generator of block 2"):
+        DeviceModel(dm.mpz, "c.mpz")
 
 
 def test_bad_options_are_refused():
@@ -98,3 +118,23 @@ def test_bad_options_are_refused():
         build_learner("cavia", model, film_blocks=[7])
     with pytest.raises(ValueError, match="model.features"):
         build_learner("cavia", torch.nn.Linear(4, 3))
+
+
+def test_adapted_cavia_model_exports_to_onnx_with_its_film(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from metaprune.deploy.onnx_export import export_onnx, onnx_max_abs_diff
+
+    torch.manual_seed(0)
+    model = build_model("conv4", n_way=5, in_channels=1, width=8, image_size=28)
+    learner = build_learner("cavia", model, inner_lr=1.0, context_dim=6)
+    with torch.no_grad():
+        for p in learner.film.values():
+            p.normal_(0, 0.5)  # a FiLM far from the identity: dropping it would show
+    dm = DeviceModel.load(save_mpz(tmp_path / "c.mpz", mpz_from_learner(learner)))
+    adapted = dm.adapt(torch.rand(5, 1, 28, 28), torch.arange(5))
+    q = torch.rand(4, 1, 28, 28)
+    plain = copy.deepcopy(adapted)
+    plain.film, plain._module = {}, None
+    assert (plain.logits(q) - adapted.logits(q)).abs().max() > 1e-2
+    export_onnx(adapted, tmp_path / "c.onnx", q)
+    assert onnx_max_abs_diff(tmp_path / "c.onnx", adapted, q) < 1e-4

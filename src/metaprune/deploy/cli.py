@@ -157,7 +157,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     steps = rule["steps"] if args.steps is None else args.steps
     lr = "per weight" if rule["per_weight_lr"] else rule["inner_lr"]
     how = ("prototypes" if rule["kind"] == "prototypes" else
-           f"{steps} masked SGD step(s), lr {lr}")
+           f"{steps} SGD step(s) on a {rule['context_dim']}-number context, lr {lr}"
+           if rule["kind"] == "context" else f"{steps} masked SGD step(s), lr {lr}")
     if args.json:
         print(json.dumps({"model": str(args.model), "support": str(args.support),
                           "classes": support.class_names, "learner": rule["learner"],

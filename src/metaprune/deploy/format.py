@@ -53,6 +53,9 @@ FORMAT = "metaprune-mpz"
 VERSION = 2          # 2: the metadata carries ``content_sha256``, verified on load
 ENCODINGS = ("dense", "full", "bitmask", "delta8", "delta16", "like")
 LR_PREFIX = "lr:"
+FILM_PREFIX = "film:"
+MAX_CONTEXT = 4096          # CAVIA context size
+RULE_KINDS = ("gradient", "prototypes", "context")
 # Bounds checked before anything is allocated or run (a model file may come from anyone):
 MAX_ELEMENTS = 1 << 27      # parameter entries in one model (512 MiB of float32)
 MAX_STEPS = 10_000          # test-time adaptation steps stored in the rule
@@ -132,6 +135,7 @@ class MPZ:
     params: dict[str, torch.Tensor]
     masks: dict[str, torch.Tensor] = field(default_factory=dict)   # 0/1 float32
     lrs: dict[str, torch.Tensor] = field(default_factory=dict)     # Meta-SGD only
+    film: dict[str, torch.Tensor] = field(default_factory=dict)    # CAVIA's FiLM generators
 
     @property
     def rule(self) -> dict[str, Any]:
@@ -141,6 +145,11 @@ class MPZ:
 def rule_of(learner: Any) -> dict[str, Any]:
     """The learner's test-time rule (duck-typed: this module must not import learners)."""
     cfg = learner.config()
+    if "context_dim" in cfg:  # CAVIA: only a context vector adapts, through FiLM layers
+        return {"learner": cfg["name"], "kind": "context",
+                "steps": int(learner.eval_inner_steps), "inner_lr": float(learner.inner_lr),
+                "per_weight_lr": False, "adapt": [], "context_dim": int(cfg["context_dim"]),
+                "film_blocks": [int(b) for b in cfg["film_blocks"]]}
     per_weight = bool(learner.extra_state())
     kind = "prototypes" if learner.name == "protonet" else "gradient"
     return {"learner": cfg.get("name", learner.name), "kind": kind,
@@ -160,8 +169,11 @@ def mpz_from_learner(learner: Any, masks: Mapping[str, torch.Tensor] | None = No
     cfg = dict(getattr(model, "config", {}))
     masks = dict(learner.masks if masks is None else masks)
     params = {n: p.detach().cpu() for n, p in model.named_parameters()}
-    lrs = {}
+    lrs, film = {}, {}
     for k, v in learner.extra_state().items():
+        if k.startswith("film."):
+            film[k[5:]] = v.detach().cpu()
+            continue
         name = k[3:].replace("__", ".") if k.startswith("lr.") else None
         if name not in params:
             raise FormatError(f"learner state '{k}' is not a per-weight learning rate of a "
@@ -171,7 +183,8 @@ def mpz_from_learner(learner: Any, masks: Mapping[str, torch.Tensor] | None = No
             "input": {"channels": cfg.get("in_channels"), "size": cfg.get("image_size"),
                       "scale": 1 / 255, "resample": "lanczos"},
             "rule": rule_of(learner), **(extra_meta or {})}
-    return MPZ(meta, params, {n: m.detach().cpu().float() for n, m in masks.items()}, lrs)
+    return MPZ(meta, params, {n: m.detach().cpu().float() for n, m in masks.items()}, lrs,
+               film)
 
 
 # ---- save / load ------------------------------------------------------------------------------
@@ -192,6 +205,10 @@ def save_mpz(path: str | os.PathLike, mpz: MPZ) -> Path:
         raise FormatError(f"masks/lrs for unknown parameters {sorted(unknown)}")
     entries = [(n, p, False) for n, p in mpz.params.items()]
     entries += [(n, mpz.lrs[n], True) for n in mpz.params if n in mpz.lrs]
+    for name, t in mpz.film.items():  # never masked: stored dense
+        flat = _f32(name, t)
+        values.append(flat)
+        layout.append([FILM_PREFIX + name, list(t.shape), "dense", flat.size, 0])
     for name, t, is_lr in entries:
         flat = _f32(name, t)
         key = LR_PREFIX + name if is_lr else name
@@ -252,9 +269,16 @@ def check_rule(rule: Any, where: str) -> None:
     """A test-time adaptation rule (as :func:`rule_of` writes it), typed and bounded."""
     if not isinstance(rule, dict):
         raise FormatError(f"{where}: field 'rule' is missing or not a mapping")
-    if rule.get("kind") not in ("gradient", "prototypes"):
-        raise FormatError(f"{where}: rule.kind must be 'gradient' or 'prototypes', got "
+    if rule.get("kind") not in RULE_KINDS:
+        raise FormatError(f"{where}: rule.kind must be one of {RULE_KINDS}, got "
                           f"{rule.get('kind')!r}")
+    if rule["kind"] == "context":
+        _int(rule.get("context_dim"), 1, MAX_CONTEXT, f"{where}: rule.context_dim")
+        blocks = rule.get("film_blocks")
+        if not (isinstance(blocks, list) and blocks and all(
+                isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 64 for b in blocks)):
+            raise FormatError(f"{where}: rule.film_blocks must be a list of block indices, "
+                              f"got {blocks!r}")
     _int(rule.get("steps"), 0, MAX_STEPS, f"{where}: rule.steps")
     lr = rule.get("inner_lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
@@ -320,7 +344,8 @@ def _check_model_size(meta: dict[str, Any], path: Path) -> None:
     except (ValueError, TypeError, RuntimeError) as e:
         raise FormatError(f"'{path}': model {spec['name']!r} cannot be built from "
                           f"{spec['kwargs']!r}: {e}"[:400]) from None
-    stored = {e[0]: tuple(e[1]) for e in meta["layout"] if not e[0].startswith(LR_PREFIX)}
+    stored = {e[0]: tuple(e[1]) for e in meta["layout"]
+              if not e[0].startswith((LR_PREFIX, FILM_PREFIX))}
     if stored != shapes:
         bad = sorted(set(stored) ^ set(shapes)) or sorted(
             n for n in shapes if stored[n] != shapes[n])
@@ -376,6 +401,7 @@ def load_mpz(path: str | os.PathLike) -> MPZ:
     params: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     lrs: dict[str, torch.Tensor] = {}
+    film: dict[str, torch.Tensor] = {}
     keep_of: dict[str, np.ndarray] = {}
     vo = io = 0
     for key, shape, enc, kept, nbytes in meta.pop("layout"):
@@ -404,7 +430,11 @@ def load_mpz(path: str | os.PathLike) -> MPZ:
             flat[keep] = values[vo:vo + kept]
         vo += kept
         t = torch.from_numpy(flat.copy()).reshape(shape)
-        if key.startswith(LR_PREFIX):
+        if key.startswith(FILM_PREFIX):
+            if keep is not None:
+                raise FormatError(f"{where}: FiLM tensors are stored dense")
+            film[key[len(FILM_PREFIX):]] = t
+        elif key.startswith(LR_PREFIX):
             lrs[name] = t
         else:
             params[name] = t
@@ -413,7 +443,7 @@ def load_mpz(path: str | os.PathLike) -> MPZ:
                 masks[name] = torch.from_numpy(keep.astype(np.float32)).reshape(shape)
     if vo != len(values) or io != len(index):
         raise FormatError(f"'{path}': layout does not account for all stored bytes")
-    return MPZ(meta, params, masks, lrs)
+    return MPZ(meta, params, masks, lrs, film)
 
 
 # ---- sizes ------------------------------------------------------------------------------------

@@ -29,9 +29,10 @@ and batch-1 inference is well defined.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from torch.func import functional_call
 from ..finite import NonFiniteError, non_finite
 from ..images import IMAGE_SUFFIXES, read_image
 from ..models import build_model
-from ..models.layers import Embedding
+from ..models.layers import Embedding, add_film_hooks, film_parameters
 from .format import MPZ, check_rule, load_mpz
 
 BN_MODES = ("support", "batch")
@@ -113,6 +114,19 @@ def query_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return out
 
 
+@contextlib.contextmanager
+def film_applied(model: nn.Module, film: dict[int, tuple[torch.Tensor, torch.Tensor]]
+                 ) -> Iterator[None]:
+    """Within the block, ``model``'s blocks listed in ``film`` are FiLMed with the given
+    (gamma, beta); nothing changes for an empty ``film``."""
+    handles = add_film_hooks(model, list(film), lambda b, _out: film[b])
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 # ---- the adapted model ------------------------------------------------------------------------
 class PrototypeClassifier(nn.Module):
     """Embedding + negative squared Euclidean distance to fixed class prototypes."""
@@ -170,9 +184,11 @@ class AdaptedModel:
 
     def __init__(self, base: nn.Module, params: dict[str, torch.Tensor], kind: str,
                  class_names: list[str], bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 prototypes: torch.Tensor | None = None):
+                 prototypes: torch.Tensor | None = None,
+                 film: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.base, self.params, self.kind = base, params, kind
         self.class_names, self.bn_stats, self.prototypes = class_names, bn_stats, prototypes
+        self.film = film or {}  # CAVIA: the adapted context's (gamma, beta) per block
         self._module: nn.Module | None = None
 
     def inference_module(self) -> nn.Module:
@@ -182,6 +198,8 @@ class AdaptedModel:
             model = copy.deepcopy(self.base)
             model.load_state_dict(self.params, strict=False)
             freeze_batchnorm(model, self.bn_stats)
+            if self.film:  # fixed FiLM on this copy only
+                add_film_hooks(model, list(self.film), lambda b, _out: self.film[b])
             if self.kind == "prototypes":
                 model = PrototypeClassifier(model, self.prototypes)
             self._module = model.eval().requires_grad_(False)
@@ -197,7 +215,8 @@ class AdaptedModel:
             z = functional_call(Embedding(self.base), {f"m.{n}": p for n, p in self.params.items()},
                                 (x,))
             return -torch.cdist(z, self.prototypes).pow(2)
-        return functional_call(self.base, self.params, (x,))
+        with film_applied(self.base, self.film):
+            return functional_call(self.base, self.params, (x,))
 
     def predict(self, x: torch.Tensor, files: Sequence[str | os.PathLike] | None = None,
                 bn: str = "support") -> list[Prediction]:
@@ -228,6 +247,29 @@ class DeviceModel:
         self.masks = {n: m.bool() for n, m in mpz.masks.items()}
         inp = self.meta.get("input") or {}
         self.channels, self.size = inp.get("channels"), inp.get("size")
+        if self.rule["kind"] == "context":
+            self._check_film()
+
+    def _check_film(self) -> None:
+        """CAVIA: a FiLM generator (2C x context, 2C) for every listed block of C channels."""
+        blocks = getattr(self.model, "features", None)
+        dim = self.rule["context_dim"]
+        for b in self.rule["film_blocks"]:
+            if not isinstance(blocks, nn.Sequential) or b >= len(blocks):
+                raise ValueError(f"'{self.source}': rule.film_blocks names block {b}, which "
+                                 "the model does not have")
+            c = [m for m in blocks[b].modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+            w, bias = self.mpz.film.get(f"b{b}_weight"), self.mpz.film.get(f"b{b}_bias")
+            if w is None or bias is None or tuple(w.shape) != (2 * c, dim) or tuple(
+                    bias.shape) != (2 * c,):
+                raise ValueError(f"'{self.source}': FiLM generator of block {b} missing or "
+                                 f"not of shape ({2 * c}, {dim}) + ({2 * c},)")
+
+    def film_of(self, context: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """CAVIA: (gamma, beta) of every FiLM block for a context vector."""
+        return {b: film_parameters(context, self.mpz.film[f"b{b}_weight"],
+                                   self.mpz.film[f"b{b}_bias"])
+                for b in self.rule["film_blocks"]}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DeviceModel:
@@ -258,6 +300,8 @@ class DeviceModel:
                 z = functional_call(embed, {f"m.{n}": p for n, p in params.items()}, (x,))
                 protos = torch.stack([z[y == c].mean(0) for c in range(n_cls)])
             return AdaptedModel(self.model, params, "prototypes", names, stats, protos)
+        if self.rule["kind"] == "context":
+            return self._adapt_context(x, y, steps, names)
         n_way = self.meta.get("n_way")
         if n_way is not None and n_cls != n_way:
             raise ValueError(f"the support set has {n_cls} classes but '{self.source}' was "
@@ -287,6 +331,26 @@ class DeviceModel:
                                  "steps (--steps)")
         return AdaptedModel(self.model, params, "gradient", names,
                             self._bn_stats(self.model, params, x))
+
+    def _adapt_context(self, x: torch.Tensor, y: torch.Tensor, steps: int | None,
+                       names: list[str]) -> AdaptedModel:
+        """CAVIA: SGD on a zero-initialised context only; every weight stays as stored."""
+        steps = int(self.rule["steps"] if steps is None else steps)
+        ctx = torch.zeros(self.rule["context_dim"])
+        params = {n: p.detach() for n, p in self.model.named_parameters()}
+        for _ in range(steps):
+            ctx = ctx.detach().requires_grad_(True)
+            with torch.enable_grad(), film_applied(self.model, self.film_of(ctx)):
+                loss = F.cross_entropy(self.model(x), y)
+                (grad,) = torch.autograd.grad(loss, [ctx])
+            ctx = ctx.detach() - self.rule["inner_lr"] * grad
+        if not bool(torch.isfinite(ctx).all()):
+            raise NonFiniteError(f"adapting '{self.source}' diverged: NaN or inf in the "
+                                 f"context after {steps} step(s); use fewer steps (--steps)")
+        film = {b: (g.detach(), bt.detach()) for b, (g, bt) in self.film_of(ctx).items()}
+        with film_applied(self.model, film):
+            stats = self._bn_stats(self.model, params, x)
+        return AdaptedModel(self.model, params, "gradient", names, stats, film=film)
 
     @torch.no_grad()
     def _bn_stats(self, module: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor,

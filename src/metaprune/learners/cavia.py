@@ -18,10 +18,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..models.layers import add_film_hooks, film_parameters
 from .base import Learner, Params
 from .registry import register_learner
 
@@ -62,21 +62,15 @@ class CAVIA(Learner):
                 torch.empty(2 * c, self.context_dim).uniform_(-bound, bound))
             # zero bias: a zero context leaves the block's output unchanged at the start
             self.film[f"b{b}_bias"] = nn.Parameter(torch.zeros(2 * c))
-            blocks[b].register_forward_hook(self._film_hook(b))
         self.film.to(next(model.parameters()).device)
         self._context: torch.Tensor | None = None
+        add_film_hooks(model, film_blocks, self._gamma_beta)
 
-    def _film_hook(self, b: int):
-        def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
-            ctx = self._context
-            if ctx is None:  # outside the learner: the un-adapted (zero) context
-                ctx = out.new_zeros(self.context_dim)
-            gamma, beta = F.linear(ctx, self.film[f"b{b}_weight"],
-                                   self.film[f"b{b}_bias"]).chunk(2)
-            shape = (1, -1) + (1,) * (out.dim() - 2)
-            return out * (1 + gamma.view(shape)) + beta.view(shape)
-
-        return hook
+    def _gamma_beta(self, b: int, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = self._context
+        if ctx is None:  # outside the learner: the un-adapted (zero) context
+            ctx = out.new_zeros(self.context_dim)
+        return film_parameters(ctx, self.film[f"b{b}_weight"], self.film[f"b{b}_bias"])
 
     def params(self) -> Params:
         """The model's parameters and a fresh zero context (what each task starts from)."""

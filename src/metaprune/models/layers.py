@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 # Inputs (elements) from which the strided-maxima path beats nn.MaxPool2d without autograd on
 # CPU; measured by benchmarks/maxpool.py (benchmarks/results/maxpool.md), torch 2.13, 1 thread.
@@ -55,3 +58,32 @@ class Embedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.m.embed(x) if hasattr(self.m, "embed") else self.m(x)
+
+
+def film_parameters(context: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gamma, beta) of a FiLM generator ``[gamma, beta] = weight @ context + bias``."""
+    gamma, beta = F.linear(context, weight, bias).chunk(2)
+    return gamma, beta
+
+
+def film(out: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Feature-wise linear modulation of channels: ``out * (1 + gamma) + beta``."""
+    shape = (1, -1) + (1,) * (out.dim() - 2)
+    return out * (1 + gamma.view(shape)) + beta.view(shape)
+
+
+def add_film_hooks(model: nn.Module, blocks: list[int],
+                   gamma_beta: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                   ) -> list[RemovableHandle]:
+    """FiLM the output of ``model.features[b]`` for each ``b`` in ``blocks`` with
+    ``gamma_beta(b, output)``; returns the hook handles (``.remove()`` undoes it). CAVIA's
+    learner and the device runtime share this."""
+    handles = []
+    for b in blocks:
+        def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor,
+                 b: int = b) -> torch.Tensor:
+            return film(out, *gamma_beta(b, out))
+
+        handles.append(model.features[b].register_forward_hook(hook))
+    return handles
