@@ -138,3 +138,21 @@ def test_adapted_cavia_model_exports_to_onnx_with_its_film(tmp_path):
     assert (plain.logits(q) - adapted.logits(q)).abs().max() > 1e-2
     export_onnx(adapted, tmp_path / "c.onnx", q)
     assert onnx_max_abs_diff(tmp_path / "c.onnx", adapted, q) < 1e-4
+
+
+def test_adaptation_shift_sees_the_context_change_the_layer_inputs(sampler):
+    """With CAVIA the weights never move, yet the FiLMed block changes what the next layers
+    see: adaptation-shift reports zero weight change and a non-zero dH for them."""
+    from metaprune.pruning.diagnostics import adaptation_shift
+
+    learner = tiny()
+    with torch.no_grad():
+        for p in learner.film.values():
+            p.normal_(0, 0.5)
+    rows = {r["layer"]: r for r in adaptation_shift(learner, sampler.batch(0, 3),
+                                                    sampler.batch(3, 3), 0.5)}
+    assert all(r["weight_change"] == 0 for r in rows.values())
+    after = [n for n in rows if n.startswith(("features.3", "head"))]  # after the FiLM (block 2)
+    before = [n for n in rows if n.startswith(("features.0", "features.1", "features.2"))]
+    assert after and all(rows[n]["dH_adapt"] > 1e-6 for n in after)
+    assert all(rows[n]["dH_adapt"] == 0 for n in before)
