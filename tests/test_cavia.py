@@ -118,6 +118,10 @@ def test_bad_options_are_refused():
         build_learner("cavia", model, film_blocks=[7])
     with pytest.raises(ValueError, match="model.features"):
         build_learner("cavia", torch.nn.Linear(4, 3))
+    for bad in ({"film_blocks": [2, 2]}, {"context_dim": "abc"}, {"context_dim": 1.7},
+                {"film_blocks": 2}):
+        with pytest.raises(ValueError, match="distinct indices"):
+            build_learner("cavia", model, **bad)
 
 
 def test_adapted_cavia_model_exports_to_onnx_with_its_film(tmp_path):

@@ -57,11 +57,14 @@ def test_demo_prints_dense_anp_magnitude_table(tmp_path, capsys) -> None:
     assert rows[0]["sparsity"] == 0.0
     assert all(abs(r["sparsity"] - 0.85) < 0.005 for r in rows[1:])
     assert "paired diff vs dense" in table and "anp" in table
-    # the same folder with another setting: refused, naming it (not the old dense accuracy)
+    # the same folder with another setting: refused, naming it (not the old dense accuracy),
+    # before anything in it is written
+    tasks_file = (tmp_path / "demo" / "test_tasks.json").read_bytes()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--iterations", "3",
                  "--retrain-iters", "1", "--tasks", "10", "--width", "4",
                  "--no-progress"]) == 2
     assert "train.iterations: 2 -> 3" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "test_tasks.json").read_bytes() == tasks_file
 
 
 def test_demo_exclude_first_last_keeps_those_layers_dense(tmp_path) -> None:

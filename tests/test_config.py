@@ -102,8 +102,21 @@ def test_values_are_typed_by_one_parser() -> None:
     assert cfg["train"]["iterations"] == 300 and isinstance(cfg["train"]["iterations"], int)
     assert cfg["learner"]["first_order"] is True
     expected = {"1e-4": 1e-4, "3": 3, "0.5": 0.5, "true": True, "abc": "abc", "[1, 2]": [1, 2],
-                "inf": float("inf"), "-7": -7, "{width: 32}": {"width": 32}}
+                "inf": float("inf"), "-7": -7, "{width: 32}": {"width": 32},
+                "010": 10, "1:30": "1:30", "2024-01-01": "2024-01-01"}  # no YAML 1.1 surprises
     for raw, value in expected.items():
         assert parse_value(raw) == value and type(parse_value(raw)) is type(value)
         assert parse_key_value(f"k={raw}") == ("k", value)
         assert load_config(None, [f"model.kwargs.k={raw}"])["model"]["kwargs"]["k"] == value
+
+
+def test_a_config_file_replaces_the_default_model_kwargs() -> None:
+    import torch
+
+    from metaprune.models import build_model
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "miniimagenet_5w1s_resnet12.yaml")
+    assert "width" not in cfg["model"]["kwargs"]  # Conv4's default does not leak in
+    with torch.device("meta"):
+        build_model(cfg["model"]["name"], n_way=5, in_channels=3, image_size=84,
+                    **cfg["model"]["kwargs"])

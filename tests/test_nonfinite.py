@@ -83,3 +83,16 @@ def test_device_adaptation_rule_and_divergence_are_checked(tmp_path):
     x, y = torch.rand(5, 1, 28, 28), torch.arange(5)
     with pytest.raises(NonFiniteError, match=r"adapting 'm.mpz' diverged.*after 3 step"):
         dm.adapt(x, y, steps=3)
+
+
+def test_non_finite_gradients_with_a_finite_loss_stop_before_the_step():
+    # ANIL adapts the head only: a NaN in the first layer's outer gradient leaves the
+    # inner loop and the loss finite
+    learner = random_pruned_learner("anil", sparsity=0.0, width=8)
+    learner.model.features[0][0].weight.register_hook(lambda g: g * float("nan"))
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    with pytest.raises(NonFiniteError, match=r"iteration 1: the meta-gradient of "
+                                             r"model.features.0.0.weight is not finite"):
+        meta_train(learner, PoisonedSampler(bad=-1), 2, 2, progress=False)
+    after = learner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no step was taken

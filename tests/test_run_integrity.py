@@ -3,6 +3,7 @@ a kill at any instant of a checkpoint write leaves a loadable, verified checkpoi
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -238,3 +239,46 @@ def test_model_files_cannot_make_the_runtime_run_forever_or_allocate_gigabytes(t
     flipped.write_bytes(bytes(data))
     with pytest.raises(FormatError, match="do not match the digest"):
         DeviceModel.load(flipped)
+
+
+def test_restore_into_a_model_of_other_shapes_is_refused_before_any_copy(tmp_path):
+    from metaprune.checkpoint import restore_checkpoint
+
+    save_checkpoint(tmp_path / "w8", random_pruned_learner("maml", width=8))
+    target = random_pruned_learner("maml", width=4, seed=3)
+    before = {k: v.clone() for k, v in target.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        restore_checkpoint(target, tmp_path / "w8")
+    assert all(torch.equal(before[k], v) for k, v in target.model.state_dict().items())
+
+
+def test_structured_run_killed_in_its_first_round_resumes_only_into_the_same_run(tmp_path):
+    from metaprune.pruning.structured import structured_anp
+
+    class Interrupting:
+        """The training stream, interrupted once the re-training has saved 'work'."""
+
+        def __init__(self, stop_at: int | None):
+            self.base = TaskSampler(glyphs("train", num_classes=10, samples_per_class=4),
+                                    5, 1, 2)
+            self.stop_at, self.calls = stop_at, 0
+
+        def batch(self, start, size):
+            self.calls += 1
+            if self.stop_at is not None and self.calls == self.stop_at:
+                raise KeyboardInterrupt
+            return self.base.batch(start, size)
+
+    dense = random_pruned_learner("maml", sparsity=0.0, width=8)
+    opts = dict(rounds=2, retrain_iters=4, meta_batch=2, tasks=2, checkpoint_every=2,
+                out_dir=tmp_path / "s", log=lambda m: None)
+    with pytest.raises(KeyboardInterrupt):  # killed inside round 1's re-training
+        structured_anp(copy.deepcopy(dense), Interrupting(stop_at=5), keep=0.5, **opts)
+    assert (tmp_path / "s" / "state.json").exists() and (tmp_path / "s" / "work.json").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        structured_anp(copy.deepcopy(dense), Interrupting(None), keep=0.75, **opts)
+    resumed, _ = structured_anp(copy.deepcopy(dense), Interrupting(None), keep=0.5, **opts)
+    fresh, _ = structured_anp(copy.deepcopy(dense), Interrupting(None), keep=0.5,
+                              **{**opts, "out_dir": tmp_path / "ref"})
+    a, b = resumed.model.state_dict(), fresh.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -8,6 +8,7 @@ SHA-256 of the tensor file, so a crash between the two writes is detected on loa
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from .finite import require_finite
@@ -23,6 +25,7 @@ from .io import sha256_file, text_writer, write_temp
 from .learners import Learner, build_learner
 from .masks import Masks
 from .models import build_model
+from .models.registry import check_spec
 
 FORMAT = "metaprune-checkpoint"
 VERSION = 1
@@ -104,7 +107,11 @@ def save_checkpoint(path: str | os.PathLike, learner: Learner, meta: dict | None
         os.unlink(st_tmp)
         raise
     os.replace(st_tmp, st_path)
-    os.replace(js_tmp, js_path)
+    try:
+        os.replace(js_tmp, js_path)
+    except FileNotFoundError:  # a reader completed this save already (see _complete_commit)
+        if json.loads(js_path.read_text()).get("tensors_sha256") != doc["tensors_sha256"]:
+            raise
     return st_path
 
 
@@ -161,11 +168,12 @@ def read_tensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not isinstance(doc.get("tensors_sha256"), str):
         raise CheckpointError(f"'{js_path}' records no tensors_sha256: not written by "
                               "metaprune, or damaged")
-    if doc["tensors_sha256"] != sha256_file(st_path):
+    data = st_path.read_bytes()  # hashed and loaded from the same bytes
+    if doc["tensors_sha256"] != hashlib.sha256(data).hexdigest():
         raise CheckpointError(f"'{st_path}' does not match its sidecar '{js_path}' "
                               "(damaged or mixed files)")
     try:
-        tensors = load_file(str(st_path), device=str(device))
+        tensors = {k: v.to(device) for k, v in load_safetensors(data).items()}
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"cannot read '{st_path}': {e}") from e
     require_finite(tensors, f"checkpoint '{st_path}'")
@@ -223,6 +231,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
             if not doc.get("model"):
                 raise CheckpointError(f"'{js_path}' has no model spec: pass model= explicitly")
             name, kwargs = _spec(doc, "model", js_path)
+            check_spec(kwargs, f"'{js_path}'")
             with torch.device("meta"):  # the declared architecture, without allocating it
                 shapes = {k: tuple(v.shape) for k, v in
                           build_model(name, **kwargs).state_dict().items()}
@@ -256,6 +265,12 @@ def restore_checkpoint(learner: Learner, path: str | os.PathLike) -> dict:
     EXISTING learner (works for user models/learners that the registries do not know)."""
     dev = next(learner.model.parameters()).device
     doc, tensors = read_tensors(path, dev)
+    for n, p in learner.model.named_parameters():  # checked before anything is overwritten
+        t = tensors.get(f"model.{n}")
+        if t is None or t.shape != p.shape:
+            raise CheckpointError(f"'{paths(path)[0]}' does not fit this model: parameter "
+                                  f"'{n}' is {None if t is None else tuple(t.shape)}, the "
+                                  f"model's {tuple(p.shape)}")
     with torch.no_grad():
         for n, p in learner.model.named_parameters():
             p.copy_(tensors[f"model.{n}"])

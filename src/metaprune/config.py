@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
-import math
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
@@ -152,14 +152,14 @@ DEFAULTS: dict[str, Any] = _as_dict(ConfigSchema())
 
 
 def _merge(base: dict, override: dict) -> dict:
+    """Sections merge key by key; a dataset's ``options`` and a model's ``kwargs`` given by a
+    file replace the defaults whole (ResNet-12's kwargs must not inherit Conv4's width)."""
     out = copy.deepcopy(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("options", "kwargs"):
             out[k] = _merge(out[k], v)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
         else:
-            out[k] = v
+            out[k] = copy.deepcopy(v)
     return out
 
 
@@ -218,18 +218,28 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return validate_config(cfg, p, overrides)
 
 
+_INT = re.compile(r"[-+]?\d+")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|nan)", re.IGNORECASE)
+
+
 def parse_value(raw: str) -> object:
-    """One command-line value: YAML scalars and lists (``5``, ``true``, ``[1, 2]``,
-    ``{width: 32}``), plus the number forms YAML leaves as strings (``1e-4``, ``inf``)."""
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() and "." not in value and "e" not in \
-            value.lower() and not math.isinf(number) else number
-    return value
+    """One command-line value: decimal numbers as int or float (``010`` is 10, ``1e-4`` a
+    float; no YAML 1.1 octal, sexagesimal or dates), ``true``/``false``/``null``, YAML lists
+    and mappings (``[1, 2]``, ``{width: 32}``), anything else a string."""
+    text = raw.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("null", "none", "~"):
+        return None
+    if text[:1] in "[{":
+        value = yaml.safe_load(text)
+        return value
+    return raw
 
 
 def parse_key_value(text: str, what: str = "option") -> tuple[str, object]:

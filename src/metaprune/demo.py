@@ -63,6 +63,12 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
     cfg = demo_config(args)
     progress = not args.no_progress
     t_start = time.perf_counter()
+    dense_ck = out / "dense" / "model"
+    if last_iteration(dense_ck):  # before anything is written into --out
+        diff = config_diff(validate_config(read_meta(dense_ck)["config"]), cfg)
+        if diff:
+            raise ValueError(f"'{out}' holds a demo run made with other settings "
+                             f"({'; '.join(diff[:6])}): use another --out")
     print("generating the glyphs dataset (embedded, procedural) ...", flush=True)
     train_data = load_split(cfg["data"], "train_split")
     test_data = load_split(cfg["data"], "test_split")
@@ -71,13 +77,7 @@ def run_demo(args: argparse.Namespace, device: torch.device) -> int:
         tasks.save(out / "test_tasks.json")
     sampler = train_sampler(cfg, train_data)
 
-    dense_ck = out / "dense" / "model"
     done = last_iteration(dense_ck) or 0
-    if done:
-        diff = config_diff(validate_config(read_meta(dense_ck)["config"]), cfg)
-        if diff:
-            raise ValueError(f"'{out}' holds a demo run made with other settings "
-                             f"({'; '.join(diff[:6])}): use another --out")
     learner = (load_checkpoint(dense_ck, device=device).learner if done
                else make_learner(cfg, train_data, device))
     t0 = time.perf_counter()

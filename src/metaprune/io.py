@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
             owner = f.read().strip() or "another process"
             raise FolderInUseError(f"'{folder}' is in use by {owner}: wait for it to finish, "
                                    "or use another --out") from None
+        except OSError as e:  # a filesystem without flock (some network filesystems)
+            warnings.warn(f"cannot lock '{folder}' ({e}): two jobs there at once would not "
+                          "be detected", stacklevel=3)
         f.seek(0)
         f.truncate()
         f.write(f"process {os.getpid()} on {socket.gethostname()}\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import paths, read_meta, save_checkpoint
+from .checkpoint import CheckpointError, paths, read_meta, save_checkpoint
 from .data.tasks import OffsetSampler, TaskSampler
 from .distributed import (
     barrier,
@@ -78,7 +78,8 @@ def meta_train(learner: Learner, sampler: TaskSampler | OffsetSampler, iteration
             first = it * meta_batch + mine.start
             raise NonFiniteError(
                 f"meta-training diverged at iteration {it + 1}: {e}; tasks of the training "
-                f"stream that give a non-finite loss: {_diverging(learner, tasks, first)}. "
+                f"stream{SHARE_NOTE if world_size() > 1 else ''} that give a non-finite loss: "
+                f"{_diverging(learner, tasks, first)}. "
                 + _stop_note(checkpoint_path)) from None
         bad = non_finite(learner.meta_parameters())
         if bad:
@@ -105,6 +106,9 @@ def meta_train(learner: Learner, sampler: TaskSampler | OffsetSampler, iteration
     return history
 
 
+SHARE_NOTE = " (among this rank's share of the meta-batch)"
+
+
 def _diverging(learner: Learner, tasks: list, first_index: int) -> list[int]:
     """Stream indices of the tasks whose meta-loss is not finite with the current weights."""
     return [first_index + i for i, t in enumerate(tasks)
@@ -122,6 +126,11 @@ def _stop_note(checkpoint_path: str | os.PathLike | None) -> str:
 def last_iteration(checkpoint_path: str | os.PathLike) -> int | None:
     """Iterations recorded in an existing checkpoint, or None if there is none."""
     st, js = paths(checkpoint_path)
-    if not (Path(st).exists() and Path(js).exists()):
+    if not Path(st).exists():
         return None
-    return int(read_meta(checkpoint_path).get("iteration", 0))
+    try:  # read_meta completes a save killed between its two renames (even the first one)
+        return int(read_meta(checkpoint_path).get("iteration", 0))
+    except CheckpointError:
+        if Path(js).exists():
+            raise
+        return None

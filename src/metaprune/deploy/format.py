@@ -48,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..models import registry as _models  # noqa: F401  (all backbones, conv4-slim included)
+from ..models.registry import check_spec
 
 FORMAT = "metaprune-mpz"
 VERSION = 2          # 2: the metadata carries ``content_sha256``, verified on load
@@ -338,6 +339,7 @@ def _check_model_size(meta: dict[str, Any], path: Path) -> None:
 
     spec = meta["model"]
     try:
+        check_spec(spec["kwargs"], f"'{path}'")
         with torch.device("meta"):
             shapes = {n: tuple(p.shape) for n, p in
                       build_model(spec["name"], **spec["kwargs"]).named_parameters()}

@@ -249,6 +249,15 @@ class DeviceModel:
         self.channels, self.size = inp.get("channels"), inp.get("size")
         if self.rule["kind"] == "context":
             self._check_film()
+        params = dict(self.model.named_parameters())
+        for n in self.rule["adapt"]:  # the rule must fit the stored tensors
+            if n not in params:
+                raise ValueError(f"'{source}': rule.adapt names '{n}', which the model does "
+                                 "not have")
+            lr = mpz.lrs.get(n)
+            if self.rule["per_weight_lr"] and (lr is None or lr.shape != params[n].shape):
+                raise ValueError(f"'{source}': per-weight learning rates of '{n}' missing or "
+                                 f"not of its shape {tuple(params[n].shape)}")
 
     def _check_film(self) -> None:
         """CAVIA: a FiLM generator (2C x context, 2C) for every listed block of C channels."""

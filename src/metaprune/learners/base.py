@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 from ..data.tasks import Task
 from ..distributed import all_reduce_sum_, is_distributed, shard
-from ..finite import NonFiniteError
+from ..finite import NonFiniteError, non_finite
 from ..masks import Masks, apply_masks, mask_grad, masked_optimizer_step, validate_masks
 
 Params = dict[str, torch.Tensor]
@@ -190,8 +190,13 @@ class Learner:
                 if h and sums.get(k) is None:  # this rank's tasks did not reach k
                     sums[k] = torch.zeros_like(p, dtype=torch.float64)
             all_reduce_sum_(sums[k] for k in named if sums.get(k) is not None)
-        if not math.isfinite(loss_sum):  # before the step: the weights stay the last good ones
+        # before the step: the weights and the optimiser's moments stay the last good ones
+        if not math.isfinite(loss_sum):
             raise NonFiniteError(f"the meta-loss is {loss_sum / batch_size}")
+        bad = non_finite({k: g for k, g in sums.items() if g is not None})
+        if bad:
+            raise NonFiniteError(f"the meta-gradient of {', '.join(bad[:3])} is not finite "
+                                 f"(meta-loss {loss_sum / batch_size:.4g})")
         for k, p in named.items():
             g = sums.get(k)
             p.grad = None if g is None else (g / batch_size).to(p.dtype)

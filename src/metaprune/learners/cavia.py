@@ -46,11 +46,15 @@ class CAVIA(Learner):
         if not isinstance(blocks, nn.Sequential):
             raise ValueError(f"CAVIA needs a backbone whose blocks are model.features (an "
                              f"nn.Sequential, as in conv4); {type(model).__name__} has none")
-        film_blocks = [int(b) for b in film_blocks]
-        if context_dim < 1 or not film_blocks or any(
-                not 0 <= b < len(blocks) for b in film_blocks):
-            raise ValueError(f"CAVIA: context_dim must be >= 1 and film_blocks indices of the "
-                             f"{len(blocks)} blocks, got {context_dim}, {film_blocks}")
+        ok = (isinstance(context_dim, int) and not isinstance(context_dim, bool)
+              and context_dim >= 1 and isinstance(film_blocks, (list, tuple)) and film_blocks
+              and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < len(blocks)
+                      for b in film_blocks) and len(set(film_blocks)) == len(film_blocks))
+        if not ok:
+            raise ValueError(f"CAVIA: context_dim must be an integer >= 1 and film_blocks a "
+                             f"list of distinct indices of the {len(blocks)} blocks, got "
+                             f"{context_dim!r}, {film_blocks!r}")
+        film_blocks = list(film_blocks)
         self.context_dim = int(context_dim)
         self.film_blocks = film_blocks
         self.adapt_names = [CONTEXT]

@@ -28,3 +28,26 @@ def build_model(name: str, **kwargs) -> nn.Module:
     # remembered so that a checkpoint can rebuild the same architecture
     model.model_spec = {"name": name, "kwargs": dict(kwargs)}
     return model
+
+
+# what a model spec read from a file may declare (a crafted depth of 10^8 would take minutes to
+# build even on the meta device)
+MAX_SPEC_INT = 100_000
+MAX_SPEC_LIST = 64
+
+
+def check_spec(kwargs: dict, where: str) -> None:
+    """ValueError naming ``where`` unless every number in a model spec's keyword arguments is
+    at most MAX_SPEC_INT and every list at most MAX_SPEC_LIST long (depth included)."""
+    for key, value in kwargs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, (list, tuple)) and len(value) > MAX_SPEC_LIST:
+            raise ValueError(f"{where}: model kwargs '{key}' has {len(value)} entries (at most "
+                             f"{MAX_SPEC_LIST})")
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (
+                    -MAX_SPEC_INT <= v <= MAX_SPEC_INT):
+                raise ValueError(f"{where}: model kwargs '{key}' = {v} is out of range "
+                                 f"(|value| <= {MAX_SPEC_INT})")
+        if key == "depth" and isinstance(value, int) and value > MAX_SPEC_LIST:
+            raise ValueError(f"{where}: model depth {value} is over {MAX_SPEC_LIST}")

@@ -26,7 +26,7 @@ from .structured import STRUCTURED_METHODS
 # options of the unstructured methods that the structured ones do not use (-> their defaults)
 STRUCTURED_IGNORES = {"schedule": "default", "h_data": None, "compensation": "auto",
                       "obs_weights": "meta", "bn_aware": False, "allocation": "layerwise",
-                      "layer_ratio": [], "criterion_option": []}
+                      "layer_ratio": [], "criterion_option": [], "seed": 0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -388,6 +388,10 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
         raise ValueError(f"--method {args.method} does not use {', '.join(given)} (it takes "
                          "--keep/--sparsity, --rounds, --retrain-iters, --meta-batch, --tasks, "
                          "--damping, --patch-stride, --checkpoint-every)")
+    if ck.learner.extra_state():
+        raise ValueError(f"--method {args.method} does not support learner "
+                         f"'{ck.learner.name}' (it has per-weight state: "
+                         f"{sorted(ck.learner.extra_state())[:2]})")
     keep = structured_keep(args.sparsity, args.keep)
     check_structured(ck.learner.model)       # conv4 / conv4-slim only: a TypeError naming the model
     widths0 = block_widths(ck.learner.model)

@@ -272,6 +272,16 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
             learner = load_checkpoint(out / f"round{len(plans):02d}", device=device).learner
     start_widths = block_widths(learner.model) if not plans else state["start_widths"]
     targets = schedule(start_widths, keep, rounds)
+
+    def write_state() -> None:
+        if is_main():
+            atomic_write_text(out / "state.json", json.dumps(
+                {"config": config, "source_digest": source, "start_widths": start_widths,
+                 "plans": [p.keep for p in plans]}))
+        barrier()
+
+    if out is not None and not (out / "state.json").exists():
+        write_state()  # before any work: a killed first round resumes only into this run
     for r, widths in enumerate(targets, 1):
         if r <= len(plans):
             continue
@@ -301,15 +311,12 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
                        device=device, progress=progress, desc=f"structured round {r}")
         plans.append(plan)
         if out is not None:
+            given = (meta or {}).get("structured") or {}
             if is_main():
-                given = (meta or {}).get("structured") or {}
                 save_checkpoint(out / f"round{r:02d}", learner,
                                 {**(meta or {}), "kind": "structured", "structured": {
                                     **given, **config, "round": r, "widths": plan.widths}})
-                atomic_write_text(out / "state.json", json.dumps(
-                    {"config": config, "source_digest": source, "start_widths": start_widths,
-                     "plans": [p.keep for p in plans]}))
-            barrier()
+            write_state()
         log(f"round {r}: widths {plan.widths}, scoring {t1 - t0:.1f}s, "
             f"re-training {time.perf_counter() - t1:.1f}s")
     return learner, plans
