@@ -96,3 +96,24 @@ def test_non_finite_gradients_with_a_finite_loss_stop_before_the_step():
         meta_train(learner, PoisonedSampler(bad=-1), 2, 2, progress=False)
     after = learner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no step was taken
+
+
+def test_non_finite_pruning_scores_are_refused_naming_the_criterion():
+    from metaprune.pruning.criteria import Magnitude, Scores
+    from metaprune.pruning.pruner import prune_step
+
+    class Broken(Magnitude):
+        name = "broken"
+
+        def score(self, learner, tasks, names, seed=0):
+            s = super().score(learner, tasks, names, seed)
+            s.scores[names[0]].view(-1)[0] = float("nan")
+            return Scores(s.scores)
+
+    learner = random_pruned_learner("maml", sparsity=0.0, width=8)
+    before = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    masks = {k: v.clone() for k, v in learner.masks.items()}
+    with pytest.raises(NonFiniteError, match="pruning scores of 'broken'"):
+        prune_step(learner, Broken(), [], 0.5)
+    assert all(torch.equal(masks[k], v) for k, v in learner.masks.items())
+    assert all(torch.equal(before[k], v) for k, v in learner.model.state_dict().items())

@@ -25,6 +25,7 @@ import torch
 from ..checkpoint import paths, read_meta, restore_checkpoint, save_checkpoint
 from ..data.tasks import OffsetSampler, Task, TaskSampler
 from ..distributed import barrier, broadcast_, is_main, same_on_all_ranks, world_size
+from ..finite import require_finite
 from ..io import atomic_write_text
 from ..learners import Learner
 from ..masks import Masks, prunable_weights, sparsity_table
@@ -132,6 +133,7 @@ def prune_step(learner: Learner, criterion: Criterion, tasks: Sequence[Task],
     names = list(prunable_weights(learner.model) if names is None else names)
     t0 = time.perf_counter()
     scores = criterion.score(learner, tasks, names, seed=seed)
+    require_finite(scores.scores, f"pruning scores of '{criterion.name}'")
     t1 = time.perf_counter()
     current = {n: learner.masks[n] for n in names if n in learner.masks}
     new = allocate(scores.scores, ratio, allocation, current)
