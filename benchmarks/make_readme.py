@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -843,11 +844,56 @@ def readme_results_table(sparsity: str = "0.85") -> str:
     return "\n".join(lines)
 
 
+SPEED_START, SPEED_END = "<!-- speed-table: start -->", "<!-- speed-table: end -->"
+
+
+def readme_speed_table() -> str:
+    """The Summary table of benchmarks/results/speed.md, recomputed from speed.csv."""
+    import speed
+
+    rows = []
+    for r in csv.DictReader((RESULTS / "speed.csv").open()):
+        for k in ("iterations_per_s", "seconds_600_tasks"):
+            r[k] = float(r[k]) if r.get(k) else None
+        rows.append(r)
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    default = next(m for m in modes if m.startswith(tuple("0123456789")) and "workers" in
+                   m.split(" (")[0])
+    before = next(m for m in modes if "before" in m)
+    table = speed.summary(rows, "1 process x 1 thread", default, before)
+    return table.split("\n", 3)[3].strip()  # without its heading
+
+
+def _regenerate(text: str, start: str, end: str, body: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+DEMO_START, DEMO_END = "<!-- demo: start -->", "<!-- demo: end -->"
+
+
+def readme_demo_block() -> str:
+    """Wall times of results/demo.md and demo_1worker.md and the demo's own table."""
+    def wall(name: str) -> str:
+        seconds = int(re.search(r"took \*\*(\d+) s\*\*", (RESULTS / name).read_text())[1])
+        return f"{seconds // 60} min {seconds % 60} s"
+
+    out = (RESULTS / "demo.md").read_text().split("Output:\n\n```\n", 1)[1].split("```")[0]
+    table = out.strip().split("\n\nsparsity = ")[0].replace(
+        "generating the glyphs dataset (embedded, procedural) ...\n\n", "")
+    return (f"Measured on this project's 2-core CPU (two runs: "
+            f"[demo.md](benchmarks/results/demo.md), "
+            f"[demo_1worker.md](benchmarks/results/demo_1worker.md)): {wall('demo.md')} with the "
+            f"default two worker processes, {wall('demo_1worker.md')} with one (`--workers 1`); "
+            f"the same table either way, bit for bit.\n\n```\n{table}\n```")
+
+
 def render_root_readme(text: str) -> str:
-    """``text`` (README.md) with the block between the markers regenerated."""
-    head, rest = text.split(TABLE_START, 1)
-    _, tail = rest.split(TABLE_END, 1)
-    return f"{head}{TABLE_START}\n{readme_results_table()}\n{TABLE_END}{tail}"
+    """``text`` (README.md) with the blocks between the markers regenerated."""
+    text = _regenerate(text, DEMO_START, DEMO_END, readme_demo_block())
+    text = _regenerate(text, TABLE_START, TABLE_END, readme_results_table())
+    return _regenerate(text, SPEED_START, SPEED_END, readme_speed_table())
 
 
 if __name__ == "__main__":
