@@ -120,3 +120,10 @@ def test_a_config_file_replaces_the_default_model_kwargs() -> None:
     with torch.device("meta"):
         build_model(cfg["model"]["name"], n_way=5, in_channels=3, image_size=84,
                     **cfg["model"]["kwargs"])
+
+
+def test_a_bad_value_from_the_file_is_blamed_on_the_file_not_on_an_override(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  dataset: omniglott\n")
+    with pytest.raises(ConfigError, match=r"^config file '.*c.yaml': data: unknown dataset"):
+        load_config(f, ["data.n_way=5"])

@@ -168,8 +168,16 @@ def _error_message(e: ValidationError, path: Path | None, overrides: list[str]) 
     for err in e.errors():
         loc = [str(p) for p in err["loc"]]
         key = ".".join(loc)
-        origin = next((f"--set {o}" for o in reversed(overrides)
-                       if key and o.split("=", 1)[0].strip().startswith(key)), None)
+        # the override that set this key; for a section-level check, the one whose key or
+        # value the message names
+        candidates = [o for o in reversed(overrides)
+                      if key and o.split("=", 1)[0].strip().startswith(key)]
+        if len(loc) == 1:
+            candidates = [o for o in candidates
+                          if any(part.strip() and part.strip() in err["msg"]
+                                 for part in (o.split("=", 1)[0].split(".")[-1],
+                                              o.split("=", 1)[-1]))]
+        origin = f"--set {candidates[0]}" if candidates else None
         origin = origin or (f"config file '{path}'" if path is not None else "config")
         if err["type"] == "extra_forbidden":
             section = ConfigSchema
