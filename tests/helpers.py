@@ -24,3 +24,16 @@ def random_pruned_learner(name: str = "maml", sparsity: float = 0.85, seed: int 
     learner.set_masks({n: (torch.rand(p.shape, generator=g) >= sparsity).float()
                        for n, p in net.named_parameters() if p.dim() > 1})
     return learner
+
+
+def central_difference(loss, tensor: torch.Tensor, idx: tuple, eps: float = 1e-6) -> float:
+    """d loss() / d tensor[idx] by central finite differences (``tensor`` restored after)."""
+    with torch.no_grad():
+        tensor[idx] += eps
+    up = loss()
+    with torch.no_grad():
+        tensor[idx] -= 2 * eps
+    down = loss()
+    with torch.no_grad():
+        tensor[idx] += eps
+    return (up - down) / (2 * eps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import central_difference
 from torch import nn
 
 from metaprune.data.tasks import Task
@@ -31,15 +32,7 @@ def meta_loss(learner, task: Task) -> float:
 
 def finite_difference(learner, task: Task, name: str, idx: tuple, eps: float = 1e-6) -> float:
     p = dict(learner.model.named_parameters())[name]
-    with torch.no_grad():
-        p[idx] += eps
-    up = meta_loss(learner, task)
-    with torch.no_grad():
-        p[idx] -= 2 * eps
-    down = meta_loss(learner, task)
-    with torch.no_grad():
-        p[idx] += eps
-    return (up - down) / (2 * eps)
+    return central_difference(lambda: meta_loss(learner, task), p, idx, eps)
 
 
 ENTRIES = [("0.weight", (1, 2)), ("0.bias", (3,)), ("2.weight", (0, 5)), ("2.bias", (2,))]
@@ -115,16 +108,7 @@ def test_metasgd_learned_rates_get_the_exact_meta_gradient() -> None:
     loss, _ = learner.task_loss(task, create_graph=True)
     grads = dict(zip(learner.lrs, torch.autograd.grad(loss, list(learner.lrs.values()))))
     for key, idx in [("0__weight", (1, 2)), ("2__bias", (0,)), ("2__weight", (2, 4))]:
-        p, eps = learner.lrs[key], 1e-6
-        with torch.no_grad():
-            p[idx] += eps
-        up = meta_loss(learner, task)
-        with torch.no_grad():
-            p[idx] -= 2 * eps
-        down = meta_loss(learner, task)
-        with torch.no_grad():
-            p[idx] += eps
-        fd = (up - down) / (2 * eps)
+        fd = central_difference(lambda: meta_loss(learner, task), learner.lrs[key], idx)
         assert grads[key][idx].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), key
         assert abs(fd) > 1e-6  # the rate matters: the check is not 0 == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import central_difference
 from torch import nn
 
 from metaprune.data.tasks import Task
@@ -212,15 +213,7 @@ def test_taylor_meta_is_second_order_and_differs_from_first_order() -> None:
     def meta_loss() -> float:
         return learner.task_loss(task, create_graph=False)[0].item()
 
-    with torch.no_grad():
-        p[idx] += eps
-    up = meta_loss()
-    with torch.no_grad():
-        p[idx] -= 2 * eps
-    down = meta_loss()
-    with torch.no_grad():
-        p[idx] += eps
-    fd = (up - down) / (2 * eps)
+    fd = central_difference(meta_loss, p, idx, eps)
     assert so["0.weight"][idx].item() == pytest.approx(abs(fd * p[idx].item()), rel=1e-5)
 
 
