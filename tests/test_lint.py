@@ -16,3 +16,15 @@ def test_ruff_clean() -> None:
     out = subprocess.run(["ruff", "check", "src", "tests", "benchmarks"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_pickle_in_the_library() -> None:
+    """Model files are safetensors + JSON: nothing in src/ may unpickle (pickle, torch.load,
+    numpy with allow_pickle=True)."""
+    bad = []
+    for path in (ROOT / "src").rglob("*.py"):
+        text = path.read_text()
+        for needle in ("import pickle", "torch.load(", "allow_pickle=True", "dill"):
+            if needle in text:
+                bad.append(f"{path.relative_to(ROOT)}: {needle}")
+    assert not bad, bad
