@@ -25,7 +25,7 @@ from .io import sha256_file, text_writer, write_temp
 from .learners import Learner, build_learner
 from .masks import Masks
 from .models import build_model
-from .models.registry import check_spec
+from .models.registry import build_on_meta
 
 FORMAT = "metaprune-checkpoint"
 VERSION = 1
@@ -231,10 +231,8 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
             if not doc.get("model"):
                 raise CheckpointError(f"'{js_path}' has no model spec: pass model= explicitly")
             name, kwargs = _spec(doc, "model", js_path)
-            check_spec(kwargs, f"'{js_path}'")
-            with torch.device("meta"):  # the declared architecture, without allocating it
-                shapes = {k: tuple(v.shape) for k, v in
-                          build_model(name, **kwargs).state_dict().items()}
+            shapes = {k: tuple(v.shape) for k, v in
+                      build_on_meta(name, kwargs, f"'{js_path}'").state_dict().items()}
             if shapes != {k: tuple(v.shape) for k, v in state.items()}:
                 raise CheckpointError(f"'{st_path}' does not fit the model its sidecar "
                                       f"declares ({name} {kwargs})"[:300])

@@ -48,7 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..models import registry as _models  # noqa: F401  (all backbones, conv4-slim included)
-from ..models.registry import check_spec
+from ..models.registry import build_on_meta
 
 FORMAT = "metaprune-mpz"
 VERSION = 2          # 2: the metadata carries ``content_sha256``, verified on load
@@ -335,14 +335,10 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
 def _check_model_size(meta: dict[str, Any], path: Path) -> None:
     """The declared architecture, built without memory (meta device), must have exactly the
     parameters the layout stores: a file cannot make the runtime allocate more than it holds."""
-    from ..models import build_model
-
     spec = meta["model"]
     try:
-        check_spec(spec["kwargs"], f"'{path}'")
-        with torch.device("meta"):
-            shapes = {n: tuple(p.shape) for n, p in
-                      build_model(spec["name"], **spec["kwargs"]).named_parameters()}
+        shapes = {n: tuple(p.shape) for n, p in build_on_meta(
+            spec["name"], spec["kwargs"], f"'{path}'").named_parameters()}
     except (ValueError, TypeError, RuntimeError) as e:
         raise FormatError(f"'{path}': model {spec['name']!r} cannot be built from "
                           f"{spec['kwargs']!r}: {e}"[:400]) from None

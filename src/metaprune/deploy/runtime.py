@@ -45,7 +45,7 @@ from torch.func import functional_call
 from ..finite import NonFiniteError, non_finite
 from ..images import IMAGE_SUFFIXES, read_image
 from ..models import build_model
-from ..models.layers import Embedding, add_film_hooks, film_parameters
+from ..models.layers import Embedding, add_film_hooks, block_channels, film_parameters
 from .format import MPZ, check_rule, load_mpz
 
 BN_MODES = ("support", "batch")
@@ -267,7 +267,7 @@ class DeviceModel:
             if not isinstance(blocks, nn.Sequential) or b >= len(blocks):
                 raise ValueError(f"'{self.source}': rule.film_blocks names block {b}, which "
                                  "the model does not have")
-            c = [m for m in blocks[b].modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+            c = block_channels(blocks[b])
             w, bias = self.mpz.film.get(f"b{b}_weight"), self.mpz.film.get(f"b{b}_bias")
             if w is None or bias is None or tuple(w.shape) != (2 * c, dim) or tuple(
                     bias.shape) != (2 * c,):

@@ -27,6 +27,21 @@ from ..masks import Masks, apply_masks, mask_grad, masked_optimizer_step, valida
 Params = dict[str, torch.Tensor]
 
 
+def prefixed(prefix: str, params: Mapping[str, nn.Parameter]) -> dict[str, nn.Parameter]:
+    """Learner-owned parameters (Meta-SGD's rates, CAVIA's FiLM) as ``prefix.name``: how they
+    appear in ``meta_parameters`` and, detached, in ``extra_state``."""
+    return {f"{prefix}.{k}": p for k, p in params.items()}
+
+
+def load_prefixed(prefix: str, params: Mapping[str, nn.Parameter],
+                  state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state[prefix.name]`` into each of ``params`` that it holds (``load_extra_state``)."""
+    with torch.no_grad():
+        for k, p in params.items():
+            if f"{prefix}.{k}" in state:
+                p.copy_(state[f"{prefix}.{k}"])
+
+
 @dataclass
 class Adapted:
     """The result of adapting to a task: fast weights (and, for metric learners, prototypes)."""

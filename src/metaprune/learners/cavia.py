@@ -21,18 +21,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..models.layers import add_film_hooks, film_parameters
-from .base import Learner, Params
+from ..models.layers import add_film_hooks, block_channels, film_parameters
+from .base import Learner, Params, load_prefixed, prefixed
 from .registry import register_learner
 
 CONTEXT = "context"
-
-
-def _block_channels(block: nn.Module) -> int:
-    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"CAVIA: block {type(block).__name__} has no Conv2d to FiLM")
-    return convs[-1].out_channels
 
 
 @register_learner("cavia")
@@ -61,7 +54,7 @@ class CAVIA(Learner):
         self.film = nn.ParameterDict()
         bound = 1.0 / math.sqrt(self.context_dim)  # nn.Linear's default init for the weight
         for b in film_blocks:
-            c = _block_channels(blocks[b])
+            c = block_channels(blocks[b])
             self.film[f"b{b}_weight"] = nn.Parameter(
                 torch.empty(2 * c, self.context_dim).uniform_(-bound, bound))
             # zero bias: a zero context leaves the block's output unchanged at the start
@@ -93,18 +86,13 @@ class CAVIA(Learner):
             self._context = None
 
     def meta_parameters(self) -> dict[str, nn.Parameter]:
-        named = super().meta_parameters()
-        named.update({f"film.{k}": p for k, p in self.film.items()})
-        return named
+        return {**super().meta_parameters(), **prefixed("film", self.film)}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {f"film.{k}": p.detach() for k, p in self.film.items()}
+        return {k: p.detach() for k, p in prefixed("film", self.film).items()}
 
     def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for k, p in self.film.items():
-                if f"film.{k}" in state:
-                    p.copy_(state[f"film.{k}"])
+        load_prefixed("film", self.film, state)
 
     def config(self) -> dict:
         return {**super().config(), "context_dim": self.context_dim,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .base import Learner
+from .base import Learner, load_prefixed, prefixed
 from .registry import register_learner
 
 
@@ -66,15 +66,10 @@ class MetaSGD(Learner):
         return self.lrs[name.replace(".", "__")]
 
     def meta_parameters(self) -> dict[str, nn.Parameter]:
-        named = super().meta_parameters()
-        named.update({f"lr.{k}": p for k, p in self.lrs.items()})
-        return named
+        return {**super().meta_parameters(), **prefixed("lr", self.lrs)}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        return {f"lr.{k}": p.detach() for k, p in self.lrs.items()}
+        return {k: p.detach() for k, p in prefixed("lr", self.lrs).items()}
 
     def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for k, p in self.lrs.items():
-                if f"lr.{k}" in state:
-                    p.copy_(state[f"lr.{k}"])
+        load_prefixed("lr", self.lrs, state)

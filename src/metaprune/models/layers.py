@@ -87,3 +87,11 @@ def add_film_hooks(model: nn.Module, blocks: list[int],
 
         handles.append(model.features[b].register_forward_hook(hook))
     return handles
+
+
+def block_channels(block: nn.Module) -> int:
+    """Output channels of a backbone block: those of its last Conv2d."""
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"block {type(block).__name__} has no Conv2d")
+    return convs[-1].out_channels

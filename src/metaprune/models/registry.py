@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -51,3 +52,11 @@ def check_spec(kwargs: dict, where: str) -> None:
                                  f"(|value| <= {MAX_SPEC_INT})")
         if key == "depth" and isinstance(value, int) and value > MAX_SPEC_LIST:
             raise ValueError(f"{where}: model depth {value} is over {MAX_SPEC_LIST}")
+
+
+def build_on_meta(name: str, kwargs: dict, where: str) -> nn.Module:
+    """The architecture a file declares, bounded by :func:`check_spec` and built on PyTorch's
+    meta device (shapes only, nothing allocated): what loaders compare stored tensors with."""
+    check_spec(kwargs, where)
+    with torch.device("meta"):
+        return build_model(name, **kwargs)
