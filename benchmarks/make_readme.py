@@ -11,6 +11,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
+TEMPLATES = HERE / "templates"
+# generated page -> its template (every number a placeholder read from a results CSV)
+TEMPLATED_PAGES = {HERE.parent / "docs" / "findings.md": TEMPLATES / "findings.md"}
 
 INTRO = """# Benchmarks
 
@@ -792,8 +795,17 @@ def render() -> str:
     return "\n".join(parts) + "\n"
 
 
+def render_templated(page: Path) -> str:
+    """``page`` (a key of TEMPLATED_PAGES) as its template and the committed CSVs make it."""
+    import page_template
+
+    return page_template.render(TEMPLATED_PAGES[page].read_text(), RESULTS)
+
+
 def main() -> None:
     (HERE / "README.md").write_text(render())
+    for page in TEMPLATED_PAGES:
+        page.write_text(render_templated(page))
     root = HERE.parent / "README.md"
     root.write_text(render_root_readme(root.read_text()))
 

@@ -31,3 +31,45 @@ def test_readme_numbers_are_their_regeneration(make_readme) -> None:
         assert marker in committed
     assert committed == make_readme.render_root_readme(committed), (
         "README.md differs from the committed results: run python benchmarks/make_readme.py")
+
+
+def test_templated_pages_are_their_regeneration(make_readme) -> None:
+    """docs/findings.md (and any other templated page) equals its template rendered from the
+    committed CSVs."""
+    assert make_readme.TEMPLATED_PAGES
+    for page in make_readme.TEMPLATED_PAGES:
+        assert page.read_text() == make_readme.render_templated(page), (
+            f"{page.relative_to(ROOT)} differs from its regeneration: edit its template "
+            "and run python benchmarks/make_readme.py")
+
+
+def test_templates_write_no_number_by_hand(make_readme) -> None:
+    import page_template
+
+    for template in make_readme.TEMPLATED_PAGES.values():
+        stray = page_template.stray_numbers(template.read_text())
+        assert not stray, f"{template.relative_to(ROOT)} copies numbers by hand: {stray}"
+
+
+def test_placeholder_reads_its_row_and_refuses_a_missing_one(make_readme, tmp_path) -> None:
+    import page_template
+
+    (tmp_path / "r.csv").write_text("method,target_sparsity,diff_vs_dense,diff_ci95\n"
+                                    "anp,0.85,-1.2,0.38\nlobs,0.85,-0.5,0.3\n")
+    text = "anp {{r method=anp target_sparsity=0.85 | diff}}; both {{r target_sparsity=0.85 | " \
+           "{min(diff_vs_dense):+.1f}}}"
+    assert page_template.render(text, tmp_path) == "anp -1.20 +- 0.38; both -1.2"
+    with pytest.raises(page_template.TemplateError, match="no row"):
+        page_template.render("{{r method=magnitude | diff}}", tmp_path)
+    with pytest.raises(page_template.TemplateError, match="no column"):
+        page_template.render("{{r learner=maml | diff}}", tmp_path)
+    text = "kept 1.35 of {{r method=anp | diff}} (`--x 0.5`), 1.05x, 85,732 bytes, 85%"
+    assert page_template.stray_numbers(text) == ["1.35", "1.05", "85,732"]
+
+
+@pytest.mark.parametrize(("diff", "ci", "word"), [
+    (-0.64, 0.35, "met"), (-1.2, 0.38, "inconclusive"), (-2.24, 0.38, "missed"), (0.5, 0.3, "met")])
+def test_verdict_meets_a_target_only_with_the_whole_ci(make_readme, diff, ci, word) -> None:
+    import page_template
+
+    assert page_template.verdict(diff, ci, 1.0) == word
