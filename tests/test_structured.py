@@ -14,8 +14,8 @@ from metaprune.learners import build_learner
 from metaprune.models import build_model
 from metaprune.pruning.hessian import damped_inverse
 from metaprune.pruning.structured import (
-    block_widths,
     group_obs,
+    group_widths,
     plan_step,
     schedule,
     slim_learner,
@@ -42,8 +42,8 @@ def test_slim_model_equals_masked_model() -> None:
     lr = learner()
     plan, masks = plan_step(lr, tasks(), [12, 10, 8, 6])
     assert plan.widths == [12, 10, 8, 6]
-    slim = slim_model(lr.model, plan)
-    assert block_widths(slim) == [12, 10, 8, 6]
+    slim, _ = slim_model(lr.model, plan)
+    assert group_widths(slim) == [12, 10, 8, 6]
     n_full = sum(p.numel() for p in lr.model.parameters())
     assert sum(p.numel() for p in slim.parameters()) < 0.5 * n_full
     x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(9))
@@ -128,7 +128,8 @@ def test_slim_model_through_mpz_and_runtime(tmp_path) -> None:
     sl = slim_learner(lr, plan)
     path = save_mpz(tmp_path / "s.mpz", mpz_from_learner(sl))
     back = load_mpz(path)
-    assert back.meta["model"]["name"] == "conv4-slim"
+    assert back.meta["model"]["name"] == "conv4"
+    assert back.meta["model"]["kwargs"]["slim"]["features.0.0.weight"] == [8, 1, 3, 3]
     for n, p in sl.model.named_parameters():
         assert torch.equal(back.params[n], p.detach()), n
     dm = DeviceModel.load(path)
@@ -162,9 +163,9 @@ def test_prune_cli_anp_structured(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "[8, 8, 8, 8] -> [4, 4, 4, 4]" in out            # keep sqrt(1 - 0.75) = 0.5
     ck = load_checkpoint(tmp_path / "s" / "round02", with_optimizer=False)
-    assert block_widths(ck.learner.model) == [4, 4, 4, 4]
+    assert group_widths(ck.learner.model) == [4, 4, 4, 4]
     assert ck.meta["structured"]["widths"] == [4, 4, 4, 4]
-    assert block_widths(load_checkpoint(tmp_path / "s" / "round01").learner.model) == [6] * 4
+    assert group_widths(load_checkpoint(tmp_path / "s" / "round01").learner.model) == [6] * 4
     base = ["prune", dense, "--method", "anp-structured", "--rounds", "2", "--retrain-iters",
             "1", "--meta-batch", "2", "--tasks", "2", "--out", str(tmp_path / "s"),
             "--no-progress"]

@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "options without a flag of their own, e.g. a registered criterion's")
     p.add_argument("--method", default="anp",
                    choices=sorted(CRITERIA) + list(STRUCTURED_METHODS),
-                   help="pruning criterion; 'anp-structured' removes whole Conv4 channels "
-                   "(writes a smaller conv4-slim network, see docs/deploy.md); "
+                   help="pruning criterion; 'anp-structured' removes whole channels of any "
+                   "traceable network (writes a smaller one, see docs/deploy.md); "
                    "'l1-structured' and 'random-structured' are its channel baselines")
     p.add_argument("--sparsity", type=FRACTION, default=None,
                    help="final fraction of each layer's weights to prune (default 0.85; with "
@@ -377,10 +377,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
                       device: torch.device) -> int:
     """``--method anp-structured`` (or a channel baseline): channel rounds, physical removal,
-    re-meta-training; every round saved as OUT/roundNN (a conv4-slim), resumable."""
+    re-meta-training; every round saved as OUT/roundNN (the slim model), resumable."""
     from pathlib import Path
 
-    from .structured import block_widths, check_structured, structured_anp
+    from .structured import example_input, group_widths, structured_anp
 
     given = [f"--{d.replace('_', '-')}" for d, default in STRUCTURED_IGNORES.items()
              if getattr(args, d) != default]
@@ -393,8 +393,9 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
                          f"'{ck.learner.name}' (it has per-weight state: "
                          f"{sorted(ck.learner.extra_state())[:2]})")
     keep = structured_keep(args.sparsity, args.keep)
-    check_structured(ck.learner.model)       # conv4 / conv4-slim only: a TypeError naming the model
-    widths0 = block_widths(ck.learner.model)
+    # traced through Torch-Pruning: a model it cannot trace is refused, naming the layer
+    widths0 = group_widths(ck.learner.model, example_input(
+        ck.learner.model, sampler.batch(10_000_000, 1)))
     meta = {k: ck.meta[k] for k in ("config", "data") if k in ck.meta}
     meta.update({"source_checkpoint": str(args.checkpoint),
                  "structured": {"method": args.method}})

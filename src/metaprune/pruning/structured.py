@@ -1,37 +1,48 @@
-"""Structured ANP for Conv4: remove whole output channels, physically.
+"""Structured ANP on any architecture: remove whole channels, physically.
+
+Channels are found and removed through Torch-Pruning's ``DependencyGraph``: a traced model
+splits into pruning groups, sets of channels that must go together (in a ResNet-12 the output
+channels of a block's ``conv3`` and of its shortcut are added, so they form one group with their
+BatchNorms and the next block's ``conv1`` / shortcut inputs). Every group with at least one
+Conv2d/Linear *consumer* (a layer reading its channels) and no path to the model's output is
+prunable; the head's classes are not.
 
 Saliency of a channel = channel-level OBS under the ADAPTED network (ANP's layer-wise Hessian,
-:mod:`.hessian`, recorded while the learner runs on adapted tasks). Removing output channel ``c``
-of block ``i`` removes, in the layer that consumes it (the next conv, or the head), the group
-``Q_c`` of input columns fed by ``c`` (its k x k patch columns; its spatial features for the
-head). For that consumer, with weights ``W`` ``[out, d]`` (bias column last) and
-``Hinv = (H + lambda I)^-1``, the exact group-OBS cost and compensation are
+:mod:`.hessian`, recorded while the learner runs on adapted tasks). Removing channel ``c`` removes,
+in each consumer, the group ``Q_c`` of input columns fed by ``c`` (its k x k patch columns, or
+its features for a Linear). For one consumer with weights ``W`` ``[out, d]`` (bias column last)
+and ``Hinv = (H + lambda I)^-1`` the exact group-OBS cost and compensation are
 
     cost(c) = trace(W[:, Q] (Hinv[Q, Q])^-1 W[:, Q]^T)      (layer-output squared error)
     dW      = -W[:, Q] (Hinv[Q, Q])^-1 Hinv[Q, :]            (W[:, Q] becomes 0)
 
-and after each removal ``Hinv <- Hinv - Hinv[:, Q] (Hinv[Q, Q])^-1 Hinv[Q, :]`` (the inverse
-Hessian of the remaining inputs): channels are removed greedily, one at a time, cheapest first.
-The removed channel's own filter, bias and BatchNorm entries then no longer matter (its consumer
-columns are 0) and are deleted with it: :func:`slim_model` builds a ``conv4-slim`` with the
-surviving channels whose outputs equal the masked full-width model's (tested).
+and after each removal ``Hinv <- Hinv - Hinv[:, Q] (Hinv[Q, Q])^-1 Hinv[Q, :]``. A group's cost
+is the sum over its consumers; channels are removed greedily, cheapest first
+(:class:`ChannelImportance` hands the order to Torch-Pruning as an importance). The removed
+channels' producers (filters, BatchNorm entries) then no longer matter (their consumer columns
+are 0): :func:`slim_model` deletes them with ``Group.prune`` and the slim model's outputs equal
+the masked full-width model's (checked on every round, tested).
 
 Baselines with the same rounds, physical removal and re-meta-training (``channel_criterion``):
-``l1`` removes the channels whose filters have the smallest L1 norm (filter-norm pruning),
-``random`` removes random channels; neither compensates the consumer.
+``l1`` removes the channels whose producer filters have the smallest L1 norm (summed over the
+producers of a group), ``random`` removes random channels; neither compensates.
 
-Between rounds the slim network is re-meta-trained as is (mathematically the masked
-re-meta-training of the full-width network: removed channels contribute nothing), at a fraction
-of its cost. Meta-SGD (per-weight learning rates) is not supported here.
+After surgery the slim model keeps its registry spec plus the shrunk tensor shapes
+(:func:`metaprune.models.registry.slim_spec`), so checkpoints, ``.mpz`` export, the device
+runtime and ONNX rebuild it without Torch-Pruning; masks and the meta-optimiser's moments are
+carried over to the surviving entries. Learners with per-weight state (Meta-SGD, CAVIA) are not
+supported. A model Torch-Pruning cannot trace (a forward that fails, a parameter used outside
+its layer, a layer called functionally or twice) is refused with the layer's name.
 
     metaprune prune CHECKPOINT --method anp-structured --keep 0.5 --rounds 2 --out DIR
 
-Every round is saved as ``DIR/roundNN`` (a ``conv4-slim`` checkpoint) with ``DIR/state.json``,
-and the re-training inside a round checkpoints to ``DIR/work``: a killed run resumes.
+Every round is saved as ``DIR/roundNN`` with ``DIR/state.json``, and the re-training inside a
+round checkpoints to ``DIR/work``: a killed run resumes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -40,82 +51,227 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from ..data.tasks import OffsetSampler
 from ..learners import Learner, build_learner
 from ..masks import Masks
-from ..models import Conv4, build_model
+from ..models.registry import slim_spec
 from .criteria import ANP, DEFAULT_H_DATA, DEFAULT_PATCH_STRIDE
 from .hessian import damped_inverse, weight_matrix
+
+LAYERS = (nn.Conv2d, nn.Linear)
+
+
+class UntraceableModelError(ValueError):
+    """Torch-Pruning cannot trace the model's channels (the message names the layer)."""
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that are removed together. ``name``: its first producer layer (module order);
+    ``producers`` / ``consumers``: Conv2d/Linear layer name -> for each channel of the group,
+    its output rows / input indices in that layer."""
+
+    name: str
+    width: int
+    producers: dict[str, list[list[int]]]
+    consumers: dict[str, list[list[int]]]
 
 
 @dataclass
 class ChannelPlan:
-    """Kept output channels of every block (sorted indices) and per-block removal costs."""
+    """Kept channels of every pruning group (sorted indices; groups in module order, named by
+    ``groups``), per-group removal costs, and the input the model was traced with."""
 
     keep: list[list[int]]
     costs: list[list[float]] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    example: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def widths(self) -> list[int]:
         return [len(k) for k in self.keep]
 
 
-def check_structured(model: nn.Module) -> None:
-    """TypeError unless ``model`` is a Conv4 (the architectures structured pruning supports)."""
-    if not isinstance(model, Conv4):
-        raise TypeError(f"structured pruning supports conv4/conv4-slim, not "
-                        f"{type(model).__name__}")
+def example_input(model: nn.Module, tasks: Sequence = (), example: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """The input to trace ``model`` with: ``example``, else two support images of the first
+    task, else a random batch shaped by ``model.config`` (``in_channels``, ``image_size``)."""
+    if example is not None:
+        return example
+    if tasks:
+        return tasks[0].support_x[:2]
+    cfg = getattr(model, "config", {})
+    if "in_channels" not in cfg or "image_size" not in cfg:
+        raise ValueError(f"structured pruning needs an example input for "
+                         f"{type(model).__name__} (pass example=..., or tasks)")
+    dev = next(model.parameters()).device
+    size = cfg["image_size"]
+    return torch.rand(2, cfg["in_channels"], size, size, generator=torch.Generator()
+                      .manual_seed(0)).to(dev)
 
 
-def block_widths(model: nn.Module) -> list[int]:
-    return [blk[0].out_channels for blk in model.features]
+def trace(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph of ``model`` (training mode is kept).
+    :class:`UntraceableModelError` naming the layer when the forward fails, a parameter is used
+    outside a layer Torch-Pruning knows, or a Conv2d/Linear/BatchNorm layer is not called
+    exactly once by the forward."""
+    names = {m: n or type(model).__name__ for n, m in model.named_modules()}
+    stack: list[nn.Module] = []
+    calls: dict[nn.Module, int] = {}
+
+    def pre(mod: nn.Module, _inputs: tuple) -> None:
+        stack.append(mod)
+        calls[mod] = calls.get(mod, 0) + 1
+
+    def post(mod: nn.Module, _inputs: tuple, _out) -> None:
+        stack.pop()
+
+    handles = [h for m in model.modules()
+               for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    was_training = model.training
+    try:
+        with torch.enable_grad():  # Torch-Pruning traces through autograd
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example.detach().clone().requires_grad_(True),
+                verbose=False)  # an input with grad: frozen layers are traced too
+    except Exception as e:
+        where = (f"its forward failed in layer '{names[stack[-1]]}' ({type(stack[-1]).__name__})"
+                 if stack else "tracing failed")
+        raise UntraceableModelError(f"structured pruning: Torch-Pruning cannot trace "
+                                    f"{type(model).__name__}: {where}: {type(e).__name__}: "
+                                    f"{e}") from e
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    pname = {id(p): n for n, p in model.named_parameters()}
+    bare = [pname[id(u.parameters)] for u in dg.unwrapped_parameters]
+    if bare:
+        raise UntraceableModelError(
+            f"structured pruning: {type(model).__name__} uses parameter '{bare[0]}' outside a "
+            "Conv2d/Linear/BatchNorm layer: Torch-Pruning cannot tell which of its channels "
+            "belong to which pruning group")
+    for m, n in names.items():
+        if isinstance(m, (*LAYERS, nn.BatchNorm1d, nn.BatchNorm2d)) and (
+                m not in dg.module2node or calls.get(m, 0) != 1):
+            how = "never called by" if not calls.get(m) else (
+                "called functionally (its weight, not the layer) in" if m not in dg.module2node
+                else f"called {calls[m]} times in")
+            raise UntraceableModelError(
+                f"structured pruning: layer '{n}' ({type(m).__name__}) is {how} the forward "
+                f"of {type(model).__name__}: Torch-Pruning cannot trace its channels")
+    return dg
 
 
-def consumer(model: nn.Module, i: int) -> tuple[str, nn.Module]:
-    """The layer reading block ``i``'s output channels: the next conv or the head."""
-    if i + 1 < len(model.features):
-        return f"features.{i + 1}.0", model.features[i + 1][0]
-    return "head", model.head
+def _per_channel(item, width: int) -> list[list[int]]:
+    """A group item's indices, split by the group's (root) channel."""
+    out: list[list[int]] = [[] for _ in range(width)]
+    for i, r in zip(item.idxs, item.root_idxs, strict=True):
+        out[int(r)].append(int(i))
+    return out
 
 
-def channel_columns(model: nn.Module, i: int) -> list[torch.Tensor]:
-    """For each output channel of block ``i``, its column indices in ``weight_matrix`` of the
-    consumer (conv: the k x k patch columns; head: the flattened spatial features)."""
-    name, mod = consumer(model, i)
-    width = block_widths(model)[i]
-    per = mod.weight[0].numel() // width if name != "head" else mod.in_features // width
-    return [torch.arange(c * per, (c + 1) * per) for c in range(width)]
+def channel_groups(model: nn.Module, example: torch.Tensor,
+                   dg: tp.DependencyGraph | None = None) -> list[ChannelGroup]:
+    """The prunable channel groups of ``model`` in module order (see the module docstring)."""
+    dg = dg or trace(model, example)
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    order = {n: i for i, n in enumerate(modules)}
+    groups = []
+    for g in dg.get_all_groups(root_module_types=LAYERS):
+        width = len(g[0].idxs)
+        prod: dict[str, list[list[int]]] = {}
+        cons: dict[str, list[list[int]]] = {}
+        to_output = False
+        for item in g:
+            mod = item.dep.target.module
+            to_output |= item.dep.target.type == tp.ops.OPTYPE.OUTPUT
+            if not isinstance(mod, LAYERS):
+                continue
+            side = prod if dg.is_out_channel_pruning_fn(item.dep.handler) else cons
+            side[names[mod]] = _per_channel(item, width)
+        if to_output or not cons or not prod:
+            continue
+        for n in cons:
+            mod = modules[n]
+            if isinstance(mod, nn.Conv2d) and mod.groups != 1:
+                raise UntraceableModelError(f"structured pruning: layer '{n}' is a grouped "
+                                            "convolution; channel OBS needs groups=1")
+        first = min(prod, key=order.__getitem__)
+        groups.append(ChannelGroup(first, width, prod, cons))
+    return sorted(groups, key=lambda c: order[c.name])
+
+
+def group_widths(model: nn.Module, example: torch.Tensor | None = None) -> list[int]:
+    """Width of every prunable channel group of ``model`` (module order)."""
+    return [g.width for g in channel_groups(model, example_input(model, (), example))]
+
+
+def _columns(mod: nn.Module, idxs: list[int]) -> torch.Tensor:
+    """Columns of ``weight_matrix(mod)`` fed by input channels / features ``idxs``."""
+    per = mod.weight[0, 0].numel() if isinstance(mod, nn.Conv2d) else 1
+    return torch.cat([torch.arange(j * per, (j + 1) * per) for j in idxs])
+
+
+def group_obs_layers(layers: Sequence[tuple[torch.Tensor, torch.Tensor, Sequence[torch.Tensor]]],
+                     n_remove: int) -> tuple[list[int], list[torch.Tensor], list[float]]:
+    """Greedy exact group OBS over consumers read by the same channels: ``layers`` holds, per
+    consumer, ``(W [out, d], Hinv, groups)`` with ``groups[c]`` the columns channel ``c``
+    feeds. Removes ``n_remove`` channels, cheapest total cost first. Returns (removed channel
+    ids in order, each consumer's compensated W with the removed columns exactly 0, cost of
+    each removal)."""
+    state = [[W.detach().double().clone(), h.double().clone(), g] for W, h, g in layers]
+    alive = list(range(len(layers[0][2])))
+    removed, costs = [], []
+    for _ in range(n_remove):
+        best = None
+        for c in alive:
+            invs, cost = [], 0.0
+            for W, hinv, groups in state:
+                Q = groups[c]
+                inv = torch.linalg.inv(hinv[Q][:, Q])
+                wq = W[:, Q]
+                cost += float(torch.einsum("oq,qr,or->", wq, inv, wq))
+                invs.append(inv)
+            if best is None or cost < best[0]:
+                best = (cost, c, invs)
+        cost, c, invs = best
+        for s, inv in zip(state, invs, strict=True):
+            W, hinv, groups = s
+            Q = groups[c]
+            W = W - W[:, Q] @ inv @ hinv[Q, :]
+            s[1] = hinv - hinv[:, Q] @ inv @ hinv[Q, :]
+            W[:, Q] = 0.0
+            s[0] = W
+        alive.remove(c)
+        removed.append(c)
+        costs.append(cost)
+    return removed, [s[0] for s in state], costs
 
 
 def group_obs(W: torch.Tensor, hinv: torch.Tensor, groups: Sequence[torch.Tensor],
               n_remove: int) -> tuple[list[int], torch.Tensor, list[float]]:
-    """Greedy exact group OBS: remove ``n_remove`` of ``groups`` (column index sets of ``W``
-    ``[out, d]``), cheapest first. Returns (removed group ids in order, compensated W with the
-    removed columns exactly 0, cost of each removal)."""
-    W = W.detach().double().clone()
-    hinv = hinv.double().clone()
-    alive = list(range(len(groups)))
-    removed, costs = [], []
-    for _ in range(n_remove):
-        best = None
-        for g in alive:
-            Q = groups[g]
-            inv = torch.linalg.inv(hinv[Q][:, Q])
-            wq = W[:, Q]
-            cost = float(torch.einsum("oq,qr,or->", wq, inv, wq))
-            if best is None or cost < best[0]:
-                best = (cost, g, inv)
-        cost, g, inv = best
-        Q = groups[g]
-        W = W - W[:, Q] @ inv @ hinv[Q, :]
-        hinv = hinv - hinv[:, Q] @ inv @ hinv[Q, :]
-        W[:, Q] = 0.0
-        alive.remove(g)
-        removed.append(g)
-        costs.append(cost)
-    return removed, W, costs
+    """:func:`group_obs_layers` for a single consumer."""
+    removed, (Wc,), costs = group_obs_layers([(W, hinv, groups)], n_remove)
+    return removed, Wc, costs
+
+
+class ChannelImportance(tp.importance.Importance):
+    """Torch-Pruning importance from precomputed per-channel scores (higher = keep), looked up
+    by the group's first producer layer: how ANP's greedy OBS order, L1 norms or random
+    scores reach Torch-Pruning."""
+
+    def __init__(self, scores: dict[str, torch.Tensor], names: dict[nn.Module, str]):
+        self.scores, self.names = scores, names
+
+    def __call__(self, group) -> torch.Tensor:
+        layers = [self.names[it.dep.target.module] for it in group
+                  if isinstance(it.dep.target.module, LAYERS)]
+        return next(self.scores[n] for n in layers if n in self.scores)
 
 
 CHANNEL_CRITERIA = ("anp", "l1", "random")
@@ -124,108 +280,185 @@ STRUCTURED_METHODS = {"anp-structured": "anp", "l1-structured": "l1",
                       "random-structured": "random"}
 
 
-def _cheapest_channels(model: nn.Module, i: int, n_remove: int, criterion: str,
-                       generator: torch.Generator) -> tuple[list[int], list[float]]:
-    """``l1`` / ``random`` channel choice for block ``i``: ids removed, with their scores."""
-    filters = model.features[i][0].weight.detach()
-    if criterion == "l1":
-        score = filters.abs().reshape(filters.shape[0], -1).sum(1).double()
-    else:
-        score = torch.rand(filters.shape[0], generator=generator, dtype=torch.float64)
-    order = torch.argsort(score, stable=True)[:n_remove].tolist()
-    return order, [float(score[g]) for g in order]
+def _channel_scores(model: nn.Module, group: ChannelGroup, criterion: str,
+                    generator: torch.Generator) -> torch.Tensor:
+    """``l1`` (producer filters' L1 norm, summed over the group's producers) or ``random``
+    scores of a group's channels (higher = keep)."""
+    if criterion == "random":
+        return torch.rand(group.width, generator=generator, dtype=torch.float64)
+    params = dict(model.named_parameters())
+    score = torch.zeros(group.width, dtype=torch.float64)
+    for name, rows in group.producers.items():
+        w = params[f"{name}.weight"].detach().abs().double()
+        score += torch.stack([w[r].sum() for r in rows])
+    return score
 
 
 def plan_step(learner: Learner, tasks: Sequence, widths: Sequence[int],
               damping: float = 1e-4, h_data: str = DEFAULT_H_DATA, patch_stride: int = 1,
-              compensate: bool = True, channel_criterion: str = "anp", seed: int = 0
-              ) -> tuple[ChannelPlan, Masks]:
-    """One structured step in place on ``learner``: score channels (``anp``: group OBS of the
-    consumer under the adapted network; ``l1``; ``random`` with ``seed``), pick ``widths[i]``
-    survivors per block, compensate the consumers (anp: OBS) and set the equivalent masks
-    (removed filters and their consumer columns = 0). Returns the plan and the masks."""
+              compensate: bool = True, channel_criterion: str = "anp", seed: int = 0,
+              example: torch.Tensor | None = None) -> tuple[ChannelPlan, Masks]:
+    """One structured step in place on ``learner``: trace the channel groups, score channels
+    (``anp``: group OBS of the consumers under the adapted network; ``l1``; ``random`` with
+    ``seed``), keep ``widths[i]`` channels of group ``i``, compensate the consumers (anp: OBS)
+    and set the equivalent masks (removed producer rows and consumer columns = 0). Returns the
+    plan and the masks; :func:`slim_learner` then removes the channels physically."""
     model = learner.model
-    check_structured(model)
     if channel_criterion not in CHANNEL_CRITERIA:
         raise ValueError(f"channel criterion must be one of {CHANNEL_CRITERIA}, got "
                          f"'{channel_criterion}'")
-    cur = block_widths(model)
+    example = example_input(model, tasks, example)
+    dg = trace(model, example)
+    groups = channel_groups(model, example, dg)
+    cur = [g.width for g in groups]
     if len(widths) != len(cur) or any(not 1 <= w <= c for w, c in zip(widths, cur, strict=True)):
-        raise ValueError(f"target widths {list(widths)} must be 1..{cur} per block")
-    names = [f"{consumer(model, i)[0]}.weight" for i in range(len(cur))]
+        raise ValueError(f"target widths {list(widths)} must be 1..{cur} per channel group "
+                         f"({[g.name for g in groups]})")
     obs = channel_criterion == "anp"
+    consumers = [c for g in groups for c in g.consumers]
     H = (ANP(h_data=h_data, damping=damping, patch_stride=patch_stride).hessians(
-        learner, tasks, names) if obs else {})
+        learner, tasks, [f"{c}.weight" for c in consumers]) if obs else {})
     gen = torch.Generator().manual_seed(seed)
-    keep, costs, masks = [], [], dict(learner.masks)
-    params = dict(model.named_parameters())
-    for i, width in enumerate(cur):
-        cname, mod = consumer(model, i)
-        groups = channel_columns(model, i)
-        k = mod.weight[0].numel()
+    modules = dict(model.named_modules())
+    scores: dict[str, torch.Tensor] = {}
+    costs: list[list[float]] = []
+    for g, width in zip(groups, widths, strict=True):
+        n_remove = g.width - width
         if not obs:
-            removed, cst = _cheapest_channels(model, i, width - widths[i], channel_criterion,
-                                              gen)
-        else:
-            W = weight_matrix(mod).detach()
-            hinv = damped_inverse(H[f"{cname}.weight"], damping)
-            removed, Wc, cst = group_obs(W, hinv, groups, width - widths[i])
-        with torch.no_grad():
-            if compensate and obs:
-                mod.weight.copy_(Wc[:, :k].reshape(mod.weight.shape).to(mod.weight.dtype))
-                if mod.bias is not None:
-                    mod.bias.copy_(Wc[:, k].to(mod.bias.dtype))
-        kept = sorted(set(range(width)) - set(removed))
-        keep.append(kept)
+            scores[g.name] = _channel_scores(model, g, channel_criterion, gen)
+            costs.append(sorted(scores[g.name].tolist())[:n_remove])
+            continue
+        layers = [(weight_matrix(modules[c]).detach(),
+                   damped_inverse(H[f"{c}.weight"], damping),
+                   [_columns(modules[c], idxs) for idxs in cols])
+                  for c, cols in g.consumers.items()]
+        removed, compensated, cst = group_obs_layers(layers, n_remove)
         costs.append(cst)
-        # masks: the removed filters of block i and their columns in the consumer
-        conv_w = f"features.{i}.0.weight"
-        m = masks.get(conv_w, torch.ones_like(params[conv_w])).clone()
-        m[removed] = 0
-        masks[conv_w] = m
-        cw = f"{cname}.weight"
-        mc = masks.get(cw, torch.ones_like(params[cw])).clone()
-        flat = mc.reshape(mc.shape[0], -1)
-        for g in removed:
-            flat[:, groups[g]] = 0
-        masks[cw] = flat.reshape(mc.shape)
+        order = torch.full((g.width,), float(g.width), dtype=torch.float64)
+        order[removed] = torch.arange(n_remove, dtype=torch.float64)  # removed first: lowest
+        scores[g.name] = order
+        if compensate:
+            with torch.no_grad():
+                for c, Wc in zip(g.consumers, compensated, strict=True):
+                    mod = modules[c]
+                    k = mod.weight[0].numel()
+                    mod.weight.copy_(Wc[:, :k].reshape(mod.weight.shape).to(mod.weight.dtype))
+                    if mod.bias is not None:
+                        mod.bias.copy_(Wc[:, k].to(mod.bias.dtype))
+    importance = ChannelImportance(scores, {m: n for n, m in modules.items()})
+    keep = []
+    masks = dict(learner.masks)
+    params = dict(model.named_parameters())
+    for g, width, tp_group in zip(groups, widths, _tp_groups(dg, model, groups), strict=True):
+        imp = importance(tp_group)
+        removed = torch.argsort(imp, stable=True)[: g.width - width].tolist()
+        keep.append(sorted(set(range(g.width)) - set(removed)))
+        for side, dim in ((g.producers, 0), (g.consumers, 1)):
+            for name, idxs in side.items():
+                pn = f"{name}.weight"
+                m = masks.get(pn, torch.ones_like(params[pn])).clone()
+                gone = torch.tensor([i for c in removed for i in idxs[c]], dtype=torch.long)
+                m.index_fill_(dim, gone, 0.0)
+                masks[pn] = m
     learner.set_masks(masks)
-    return ChannelPlan(keep, costs), masks
+    return ChannelPlan(keep, costs, [g.name for g in groups], example), masks
 
 
-@torch.no_grad()
-def slim_model(model: nn.Module, plan: ChannelPlan) -> Conv4:
-    """Physically remove the channels not in ``plan.keep``: a ``conv4-slim`` whose outputs
-    equal the masked full-width model's."""
-    check_structured(model)
-    cfg = model.config
-    slim = build_model("conv4-slim", widths=plan.widths, n_way=cfg["n_way"],
-                       in_channels=cfg["in_channels"], image_size=cfg["image_size"])
-    prev = torch.arange(cfg["in_channels"])
-    for i, kept in enumerate(plan.keep):
-        kept_t = torch.tensor(kept)
-        src, dst = model.features[i], slim.features[i]
-        dst[0].weight.copy_(src[0].weight[kept_t][:, prev])
-        dst[0].bias.copy_(src[0].bias[kept_t])
-        dst[1].weight.copy_(src[1].weight[kept_t])
-        dst[1].bias.copy_(src[1].bias[kept_t])
-        prev = kept_t
-    per = model.head.in_features // block_widths(model)[-1]
-    cols = torch.cat([torch.arange(c * per, (c + 1) * per) for c in plan.keep[-1]])
-    slim.head.weight.copy_(model.head.weight[:, cols])
-    slim.head.bias.copy_(model.head.bias)
-    return slim
+def _tp_groups(dg: tp.DependencyGraph, model: nn.Module, groups: Sequence[ChannelGroup]):
+    """Torch-Pruning's full group of each of ``groups`` (rooted at its first producer)."""
+    modules = dict(model.named_modules())
+    for g in groups:
+        root = modules[g.name]
+        yield dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels,
+                                   list(range(g.width)))
+
+
+def slim_model(model: nn.Module, plan: ChannelPlan) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """Physically remove the channels not in ``plan.keep`` from a copy of ``model`` with
+    Torch-Pruning's ``Group.prune``. Returns the slim model (its registry spec records the
+    shrunk shapes) and, for every parameter and floating buffer, the flat indices of its
+    surviving entries in the full-width tensor (what masks and optimiser moments are gathered
+    with)."""
+    slim = copy.deepcopy(model)
+    example = example_input(slim, (), plan.example)
+    dg = trace(slim, example)
+    groups = channel_groups(slim, example, dg)
+    if (plan.groups and plan.groups != [g.name for g in groups]) or len(plan.keep) != len(
+            groups) or any(k and max(k) >= g.width for g, k in zip(groups, plan.keep)):
+        raise ValueError(f"the plan (groups {plan.groups}, widths {plan.widths}) does not fit "
+                         f"this model's channel groups {[g.name for g in groups]}")
+    # trace with real values, then let Torch-Pruning cut tensors of indices: what survives of
+    # each tensor is read off directly
+    modules = dict(slim.named_modules())
+    full: dict[str, torch.Tensor] = {}
+    grad: dict[str, bool] = {}
+    for name, t in [*slim.named_parameters(), *slim.named_buffers()]:
+        if not t.is_floating_point():
+            continue
+        mname, _, attr = name.rpartition(".")
+        full[name], grad[name] = t.detach().clone(), t.requires_grad
+        ids = torch.arange(t.numel(), dtype=torch.float64, device=t.device).reshape(t.shape)
+        setattr(modules[mname], attr, nn.Parameter(ids, t.requires_grad)
+                if isinstance(t, nn.Parameter) else ids)
+    for g, kept in zip(groups, plan.keep, strict=True):
+        gone = sorted(set(range(g.width)) - set(kept))
+        if gone:
+            root = modules[g.name]
+            dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels,
+                                 gone).prune()
+    index: dict[str, torch.Tensor] = {}
+    for name, ids in [*slim.named_parameters(), *slim.named_buffers()]:
+        if name not in full:
+            continue
+        mname, _, attr = name.rpartition(".")
+        index[name] = ids.detach().long().flatten()
+        t = full[name].flatten()[index[name]].reshape(ids.shape)
+        setattr(modules[mname], attr, nn.Parameter(t, grad[name])
+                if isinstance(ids, nn.Parameter) else t)
+    slim.model_spec = slim_spec(slim)
+    return slim, index
+
+
+def check_equivalent(masked: nn.Module, slim: nn.Module, example: torch.Tensor) -> None:
+    """UntraceableModelError unless ``slim`` computes what the masked full-width model does
+    on ``example`` (a safety net for operations Torch-Pruning maps wrongly)."""
+    with torch.no_grad():
+        a, b = masked(example), slim(example)
+    diff = float((a - b).abs().max()) if a.shape == b.shape else math.inf
+    if not diff <= 1e-4 * (1.0 + float(a.abs().max())):
+        raise UntraceableModelError(
+            f"structured pruning: the slim {type(slim).__name__} does not compute what the "
+            f"masked one does (max difference {diff:.3g}): Torch-Pruning mapped one of its "
+            "operations' channels wrongly")
 
 
 def slim_learner(learner: Learner, plan: ChannelPlan) -> Learner:
-    """A fresh learner of the same kind around the slim model (no masks: nothing is pruned
-    inside the surviving channels)."""
+    """A learner of the same kind around the slim model (:func:`slim_model`), checked to
+    compute what ``learner`` (masked by :func:`plan_step`) does; its masks and meta-optimiser
+    moments are those of the surviving entries (masks that keep everything are dropped)."""
     if learner.extra_state():
         raise NotImplementedError(f"structured pruning does not support learner "
                                   f"'{learner.name}' (per-weight state)")
+    slim, index = slim_model(learner.model, plan)
+    check_equivalent(learner.model, slim, example_input(slim, (), plan.example))
     cfg = learner.config()
-    name = cfg.pop("name")
-    return build_learner(name, slim_model(learner.model, plan), **cfg)
+    out = build_learner(cfg.pop("name"), slim, **cfg)
+    params = dict(slim.named_parameters())
+
+    def gather(name: str, t: torch.Tensor) -> torch.Tensor:
+        return t.flatten()[index[name].to(t.device)].reshape(params[name].shape)
+
+    masks = {n: gather(n, m) for n, m in learner.masks.items()}
+    out.set_masks({n: m for n, m in masks.items() if not bool(m.all())})
+    sd = learner.optimizer_state()
+    if sd is not None:
+        full = dict(learner.model.named_parameters())
+        names = [n[len("model."):] for n in learner.meta_parameters()]
+        state = {i: {k: gather(names[i], v) if torch.is_tensor(v) and v.shape == full[
+            names[i]].shape else v for k, v in st.items()} for i, st in sd["state"].items()}
+        out.load_optimizer_state({"state": state,
+                                  "param_groups": copy.deepcopy(sd["param_groups"])})
+    return out
 
 
 def schedule(widths: Sequence[int], keep: float, rounds: int) -> list[list[int]]:
@@ -270,7 +503,10 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
         plans = [ChannelPlan(p) for p in state["plans"]]
         if plans:
             learner = load_checkpoint(out / f"round{len(plans):02d}", device=device).learner
-    start_widths = block_widths(learner.model) if not plans else state["start_widths"]
+    # the input the channel groups are traced with (fixed per run)
+    example = sampler.batch(10_000_000, 1)[0].support_x[:2].to(device)
+    start_widths = (group_widths(learner.model, example) if not plans
+                    else state["start_widths"])
     targets = schedule(start_widths, keep, rounds)
 
     def write_state() -> None:
@@ -291,14 +527,14 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
                   and read_meta(work).get("structured_round") == r)
         if resume:  # killed during this round's re-training: its slim learner is saved
             learner = load_checkpoint(work, device=device).learner
-            plan = ChannelPlan([list(k) for k in read_meta(work)["plan"]])
+            plan = ChannelPlan([list(k) for k in read_meta(work)["plan"]], example=example)
         else:
             # only the anp criterion scores on tasks; l1 / random need none
             score_tasks = ([t.to(device) for t in sampler.batch(10_000_000 + r * tasks, tasks)]
                            if channel_criterion == "anp" else [])
             plan, _ = plan_step(learner, score_tasks, widths, damping=damping,
                                 patch_stride=patch_stride, channel_criterion=channel_criterion,
-                                seed=r)
+                                seed=r, example=example)
             learner = slim_learner(learner, plan)
             learner.model.to(device)
         t1 = time.perf_counter()
