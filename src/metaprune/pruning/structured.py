@@ -157,9 +157,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     for m, n in names.items():
         if isinstance(m, (*LAYERS, nn.BatchNorm1d, nn.BatchNorm2d)) and (
                 m not in dg.module2node or calls.get(m, 0) != 1):
-            how = "never called by" if not calls.get(m) else (
-                "called functionally (its weight, not the layer) in" if m not in dg.module2node
-                else f"called {calls[m]} times in")
+            how = ("not called as a layer (its weight used directly, or not at all) by"
+                   if m not in dg.module2node else f"called {calls.get(m, 0)} times in")
             raise UntraceableModelError(
                 f"structured pruning: layer '{n}' ({type(m).__name__}) is {how} the forward "
                 f"of {type(model).__name__}: Torch-Pruning cannot trace its channels")
