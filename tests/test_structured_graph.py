@@ -225,3 +225,17 @@ def test_untraceable_models_are_refused_naming_the_layer(model: nn.Module, match
     with pytest.raises(UntraceableModelError, match=match):
         plan_step(lr, tasks(1), [2], channel_criterion="l1")
     assert issubclass(UntraceableModelError, ValueError)   # the CLI reports it as bad input
+
+
+def test_slim_specs_are_checked() -> None:
+    from metaprune.models.registry import build_on_meta
+
+    ok = build_model("conv4", width=8, slim={"features.0.0.weight": [3, 1, 3, 3]})
+    assert ok.features[0][0].out_channels == 3 and ok.features[0][0].weight.shape[0] == 3
+    with pytest.raises(ValueError, match=r"shape \[9, 1, 3, 3\] of 'features.0.0.weight' does "
+                                         r"not shrink"):
+        build_model("conv4", width=8, slim={"features.0.0.weight": [9, 1, 3, 3]})
+    with pytest.raises(ValueError, match="names 'nope', which is not a parameter"):
+        build_model("conv4", width=8, slim={"nope": [1]})
+    with pytest.raises(ValueError, match="model kwargs 'slim' must map"):
+        build_on_meta("conv4", {"width": 8, "slim": {"head.weight": [10**9, 1]}}, "file")

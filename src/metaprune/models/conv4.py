@@ -22,8 +22,9 @@ def conv_block(c_in: int, c_out: int, pool: bool = True) -> nn.Sequential:
 
 
 class Conv4(nn.Module):
-    """``depth`` blocks of ``width`` channels, or one width per block with ``widths`` (what
-    structured pruning produces; registered as ``conv4-slim``). Parameter names are the same
+    """``depth`` blocks of ``width`` channels, or one width per block with ``widths``
+    (registered as ``conv4-slim``, what structured pruning wrote before it described slim
+    models by their shrunk shapes; such checkpoints still load). Parameter names are the same
     either way (``features.i.0.weight``, ``head.weight``, ...)."""
 
     def __init__(self, n_way: int = 5, in_channels: int = 1, width: int = 64,
