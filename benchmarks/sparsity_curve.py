@@ -33,7 +33,7 @@ from metaprune.pruning.structured import STRUCTURED_METHODS
 from metaprune.training import last_iteration, meta_train
 
 ALL_METHODS = ["anp", "lobs", "magnitude", "random", "taylor-meta", "taylor-meta-fo"]
-# optional (--methods ...,anp-structured): whole Conv4 channels removed, see _structured
+# optional (--methods ...,anp-structured): whole channels removed, see _structured
 STRUCTURED = "anp-structured"  # channel criteria: STRUCTURED_METHODS (anp, l1, random)
 # control for the structured methods: anp-structured's final widths, trained from scratch
 SCRATCH = "scratch-structured"
@@ -101,8 +101,8 @@ def main() -> None:
                     "its recorded iterations replace --iterations")
     ap.add_argument("--retrain-iters", type=int, help="re-meta-training iterations per round")
     ap.add_argument("--methods", help="comma-separated subset of the setting's methods; "
-                    f"{', '.join(STRUCTURED_METHODS)} and {SCRATCH} (after {STRUCTURED}; "
-                    "Conv4 only) may be added to any setting")
+                    f"{', '.join(STRUCTURED_METHODS)} and {SCRATCH} (after {STRUCTURED}) "
+                    "may be added to any setting")
     ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
     ap.add_argument("--patch-stride", type=int, default=None,
@@ -281,7 +281,7 @@ def _prunable(model) -> int:
 
 def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, report_at,
              dense: EvalResult, n_dense: int, cached_eval) -> list[dict]:
-    """Control for structured pruning: at each reported sparsity, a Conv4 with the final
+    """Control for structured pruning: at each reported sparsity, the network with the final
     widths of anp-structured, meta-trained from a random initialisation on as many tasks as
     the dense model and the structured run's re-training together (at the dense model's
     meta-batch). ``n_dense``: the dense model's prunable weights. Cached as
@@ -299,9 +299,13 @@ def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, repor
         src = run / STRUCTURED / f"{tag}.json"
         if not src.exists():
             raise SystemExit(f"{SCRATCH} needs {src}: run {STRUCTURED} first")
-        widths = json.loads(src.read_text())["structured"]["widths"][-1]
+        doc = json.loads(src.read_text())
         c = copy.deepcopy(cfg)
-        c["model"]["kwargs"] = {"widths": widths}
+        slim = doc["model"]["kwargs"].get("slim")
+        if slim:  # the dense architecture cut to anp-structured's shapes (any backbone)
+            c["model"]["kwargs"] = {**(c["model"].get("kwargs") or {}), "slim": slim}
+        else:  # written as a conv4-slim (before slim shapes): one width per block
+            c["model"]["kwargs"] = {"widths": doc["structured"]["widths"][-1]}
         c["train"]["meta_batch"] = mb
         iters = dense_iters + math.ceil(r * retrain * cfg["train"]["meta_batch"] / mb)
         path = run / SCRATCH / tag
