@@ -239,3 +239,14 @@ def test_slim_specs_are_checked() -> None:
         build_model("conv4", width=8, slim={"nope": [1]})
     with pytest.raises(ValueError, match="model kwargs 'slim' must map"):
         build_on_meta("conv4", {"width": 8, "slim": {"head.weight": [10**9, 1]}}, "file")
+
+
+def test_anp_needs_every_consumer_to_see_inputs() -> None:
+    """ProtoNet never calls its head, so the head's channel OBS has no Hessian: a clear error;
+    the channel baselines need none."""
+    lr = build_learner("protonet", build_model("conv4", width=8, image_size=SIZE))
+    with pytest.raises(ValueError, match="layer 'head' reads pruned channels but saw no input"):
+        plan_step(lr, tasks(1), [4, 4, 4, 4])
+    lr = build_learner("protonet", build_model("conv4", width=8, image_size=SIZE))
+    plan, _ = plan_step(lr, tasks(1), [4, 4, 4, 4], channel_criterion="l1")
+    assert group_widths(slim_learner(lr, plan).model) == [4, 4, 4, 4]

@@ -199,7 +199,7 @@ def channel_groups(model: nn.Module, example: torch.Tensor,
             mod = modules[n]
             if isinstance(mod, nn.Conv2d) and mod.groups != 1:
                 raise UntraceableModelError(f"structured pruning: layer '{n}' is a grouped "
-                                            "convolution; channel OBS needs groups=1")
+                                            "convolution; only groups=1 is supported")
         first = min(prod, key=order.__getitem__)
         groups.append(ChannelGroup(first, width, prod, cons))
     return sorted(groups, key=lambda c: order[c.name])
@@ -317,6 +317,11 @@ def plan_step(learner: Learner, tasks: Sequence, widths: Sequence[int],
     consumers = [c for g in groups for c in g.consumers]
     H = (ANP(h_data=h_data, damping=damping, patch_stride=patch_stride).hessians(
         learner, tasks, [f"{c}.weight" for c in consumers]) if obs else {})
+    unseen = [c for c in consumers if obs and f"{c}.weight" not in H]
+    if unseen:
+        raise ValueError(f"anp-structured: layer '{unseen[0]}' reads pruned channels but saw no "
+                         f"input while learner '{learner.name}' adapted and predicted (a layer "
+                         "it does not use); use channel_criterion 'l1' or 'random'")
     gen = torch.Generator().manual_seed(seed)
     modules = dict(model.named_modules())
     scores: dict[str, torch.Tensor] = {}
