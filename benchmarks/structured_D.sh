@@ -7,9 +7,9 @@
 set -euo pipefail
 export OMP_NUM_THREADS=1
 RUN=runs/structured_D
-NOTE="REDUCED CPU budget (not setting D's): dense 600 iterations x 8 tasks, 20 re-training iterations x 8 tasks per unstructured-equivalent round (structured: min(r, 3) rounds with the same total), 300 test tasks; 2-core CPU shared with another benchmark job, one thread per job."
-python benchmarks/sparsity_curve.py --setting D --iterations 600 --retrain-iters 20 \
-    --set train.meta_batch=8 --tasks 300 --report-at 0.5,0.7,0.85 --run-dir "$RUN" \
+NOTE="REDUCED CPU budget (not setting D's): dense 300 iterations x 8 tasks, 10 re-training iterations x 8 tasks per unstructured-equivalent round (structured: min(r, 3) rounds with the same total), 200 test tasks; 2-core CPU shared with other jobs (load average 6-7), one thread: latencies are noisy."
+python benchmarks/sparsity_curve.py --setting D --iterations 300 --retrain-iters 10 \
+    --set train.meta_batch=8 --tasks 200 --report-at 0.5,0.7,0.85 --run-dir "$RUN" \
     --methods anp-structured,l1-structured,random-structured,scratch-structured \
     --name structured_D_reduced --no-progress --note "$NOTE"
 models=(--model "dense=$RUN/dense")
@@ -17,6 +17,6 @@ for m in anp-structured l1-structured random-structured scratch-structured; do
     for s in 50 70 85; do models+=(--model "${m%-structured}$s=$RUN/$m/s$s"); done
 done
 python benchmarks/device_report.py "${models[@]}" --dataset omniglot --split test \
-    --option image_size=28 --option rotations=true --tasks 100 --reps-infer 200 --reps-adapt 20 --mem-reps 3 \
+    --option image_size=28 --option rotations=true --tasks 50 --reps-infer 100 --reps-adapt 10 --mem-reps 2 \
     --out benchmarks/results/device_report_structured_D_reduced \
-    --note "$NOTE" --note "accuracy here: 100 runtime tasks (support-statistics BatchNorm); the paired accuracy on 300 tasks is in structured_D_reduced.md"
+    --note "$NOTE" --note "accuracy here: 50 runtime tasks (support-statistics BatchNorm); the paired accuracy on 200 tasks is in structured_D_reduced.md"
