@@ -41,13 +41,16 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/anp_h_data")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--classes", default="200,100", help="glyph classes of train,test")
+    ap.add_argument("--score-tasks", type=int, default=20, help="scoring tasks per round")
     args = ap.parse_args()
     dev = torch.device(args.device)
     t_start = time.time()
     work = Path(args.work)
     torch.manual_seed(0)
-    train = glyphs("train", num_classes=200)
-    test = glyphs("test", num_classes=100)
+    n_train, n_test = (int(c) for c in args.classes.split(","))
+    train = glyphs("train", num_classes=n_train)
+    test = glyphs("test", num_classes=n_test)
     sampler = TaskSampler(train, 5, 1, 15, seed=0)
     tasks = TaskList(TaskSampler(test, 5, 1, 15, seed=12345).fixed_specs(args.eval_tasks))
     dense_path = work / "dense"
@@ -80,7 +83,7 @@ def main() -> int:
             prune(learner, sampler, method=method, sparsity=sp,
                   schedule="one-shot" if setting == "one-shot" else "default",
                   retrain_iters=0 if setting == "one-shot" else args.retrain_iters,
-                  meta_batch=4, progress=False, device=dev, **opts)
+                  meta_batch=4, tasks=args.score_tasks, progress=False, device=dev, **opts)
             res = evaluate(learner, test, tasks, progress=False, device=dev)
             results[(method, h)] = res
             print(f"{setting} {sp:.2f} {method} {h}: {100 * res.accuracy:.2f} "

@@ -79,15 +79,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     ap.add_argument("--woodbury-max-rows", type=int, default=0,
                     help="0: run the Woodbury loop on all rows")
+    ap.add_argument("--width", type=int, default=64, help="Conv4 width")
+    ap.add_argument("--classes", type=int, default=40, help="glyph classes to sample from")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    data = glyphs("train", num_classes=40)
+    data = glyphs("train", num_classes=args.classes)
     sampler = TaskSampler(data, 5, 1, 15, seed=0)
     tasks = sampler.batch(0, args.tasks)
-    model = build_model("conv4", n_way=5, in_channels=1, width=64, image_size=28)
+    model = build_model("conv4", n_way=5, in_channels=1, width=args.width, image_size=28)
     learner = build_learner("maml", model, inner_lr=0.4, inner_steps=1, meta_lr=1e-3)
     names = prunable_weights(model)
     ap_ps = args.patch_stride

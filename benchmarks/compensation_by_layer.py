@@ -78,9 +78,9 @@ def _one_run(run: Path, method: str, sparsities: list[float], n_tasks: int
         out: list[dict] = []
         for label, layers in variants:
             key = f"{method}_s{sparsity:g}_{label}"
-            results[label] = cached_evaluation(cache / f"{key}.json", tasks, lambda layers=layers:
-                                               evaluate(pruned(layers), test_data, tasks,
-                                                        progress=False))
+            results[label] = cached_evaluation(cache / f"{key}.json", tasks, pruned(layers),
+                                               lambda lrn: evaluate(lrn, test_data, tasks,
+                                                                    progress=False))
             d = paired_difference(results[label], results["none"]) if label != "none" else None
             out.append({"run": run.name, "learner": cfg["learner"]["name"], "method": method,
                         "sparsity": sparsity, "compensated": label,

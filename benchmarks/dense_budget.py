@@ -75,6 +75,8 @@ def ootb_budget(md: str) -> tuple[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--name", default="dense_budget")
+    ap.add_argument("--out-dir", default=str(RESULTS), help="where the results files go (the "
+                    "committed results they are made from are read from benchmarks/results)")
     args = ap.parse_args()
     rows = []
     base: dict[str, int] = {}
@@ -109,8 +111,9 @@ def main() -> None:
              "iterations x 32 tasks for 5-way, x 16 for 20-way) over `tasks_seen`. Rows from "
              "different runs differ in more than the budget (inner steps, meta-batch, test "
              "tasks): the trend within one model's continuations is the measured part.")
-    write_results(RESULTS / args.name, "Dense MAML accuracy against the meta-training budget",
-                  notes, rows, tail="\nAccuracy gained per doubling of the budget:\n\n"
+    write_results(Path(args.out_dir) / args.name,
+                  "Dense MAML accuracy against the meta-training budget", notes, rows,
+                  tail="\nAccuracy gained per doubling of the budget:\n\n"
                   + "\n".join(slopes) + "\n")
 
 

@@ -18,6 +18,7 @@ import time
 import torch
 
 from metaprune.checkpoint import load_checkpoint
+from metaprune.config import parse_key_value
 from metaprune.data.registry import get_dataset
 from metaprune.data.tasks import TaskSampler
 from metaprune.deploy.format import mpz_from_learner
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="glyphs")
     ap.add_argument("--split", default="test")
     ap.add_argument("--root")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="dataset option, e.g. --option image_size=28 (repeatable)")
     ap.add_argument("--tasks", type=int, default=600)
     ap.add_argument("--n-way", type=int, default=5)
     ap.add_argument("--k-shot", type=int, default=1)
@@ -40,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ck = load_checkpoint(args.checkpoint, with_optimizer=False)
     learner = ck.learner
     dm = DeviceModel(mpz_from_learner(learner), args.checkpoint)
-    ds = get_dataset(args.dataset, args.split, args.root)
+    options = dict(parse_key_value(o, "--option") for o in args.option)
+    ds = get_dataset(args.dataset, args.split, args.root, **options)
     sampler = TaskSampler(ds, args.n_way, args.k_shot, args.queries, seed=args.seed)
     accs: dict[str, list[float]] = {"library (query batch)": [], "runtime bn=batch": [],
                                     "runtime bn=support": [], "runtime bn=batch, batch 1": []}

@@ -42,13 +42,16 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2", help="thread counts: the first is the reference")
     ap.add_argument("--name", default="determinism")
     ap.add_argument("--results-dir", default=str(RESULTS))
+    ap.add_argument("--set", action="append", default=[],
+                    help="extra config override (tests/test_benchmarks_smoke.py: tiny data)")
     args = ap.parse_args()
     if args.iterations < 2:
         raise SystemExit(f"--iterations must be >= 2 (half of it is the resume point), got "
                          f"{args.iterations}")
     threads = [int(t) for t in args.threads.split(",")]
     cfg = load_config(None, SETTINGS[args.setting]["set"] + [
-        f"train.iterations={args.iterations}", f"train.meta_batch={args.meta_batch}"])
+        f"train.iterations={args.iterations}", f"train.meta_batch={args.meta_batch}",
+        *args.set])
     data = load_split(cfg["data"], "train_split")
     sampler = train_sampler(cfg, data)
     n, half = args.iterations, args.iterations // 2

@@ -39,18 +39,19 @@ def seconds(fn, budget: float = 0.5) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def measure(shape: tuple[int, ...]) -> dict:
+def measure(shape: tuple[int, ...], budget: float = 0.5) -> dict:
     ceil = shape[-1] % 2 == 1 and shape[-1] > 7  # ResNet-12's odd maps pool with ceil_mode
     x = torch.randn(*shape).relu()
     if not torch.equal(F.max_pool2d(x, 2, ceil_mode=ceil), max_pool2_values(x, ceil)):
         raise SystemExit(f"values differ for {shape}")
     with torch.no_grad():
-        nn_ng = seconds(lambda: F.max_pool2d(x, 2, ceil_mode=ceil))
-        fast_ng = seconds(lambda: max_pool2_values(x, ceil))
+        nn_ng = seconds(lambda: F.max_pool2d(x, 2, ceil_mode=ceil), budget)
+        fast_ng = seconds(lambda: max_pool2_values(x, ceil), budget)
     xg = x.clone().requires_grad_()
     g = torch.randn(F.max_pool2d(x, 2, ceil_mode=ceil).shape)
-    nn_g = seconds(lambda: torch.autograd.grad(F.max_pool2d(xg, 2, ceil_mode=ceil), xg, g))
-    fast_g = seconds(lambda: torch.autograd.grad(max_pool2_values(xg, ceil), xg, g))
+    nn_g = seconds(lambda: torch.autograd.grad(F.max_pool2d(xg, 2, ceil_mode=ceil), xg, g),
+                   budget)
+    fast_g = seconds(lambda: torch.autograd.grad(max_pool2_values(xg, ceil), xg, g), budget)
     return {"shape": "x".join(map(str, shape)), "ceil_mode": ceil, "elements": x.numel(),
             "no_grad_nn_us": round(1e6 * nn_ng), "no_grad_maxima_us": round(1e6 * fast_ng),
             "no_grad_speedup": round(nn_ng / fast_ng, 2),
@@ -62,12 +63,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default="maxpool")
+    p.add_argument("--shapes", type=int, default=len(SHAPES), help="the first N shapes only")
+    p.add_argument("--budget", type=float, default=0.5, help="timed seconds per measurement")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    for shape in SHAPES:
-        rows.append(measure(shape))
+    for shape in SHAPES[: args.shapes]:
+        rows.append(measure(shape, args.budget))
         print(rows[-1], flush=True)
     notes = (f"{args.threads} torch thread(s). `no_grad`: forward only without autograd "
              "(evaluation's query pass); `grad`: forward + backward under autograd "

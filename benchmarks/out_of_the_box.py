@@ -59,6 +59,9 @@ def main() -> None:
     p.add_argument("--also", action="append", default=[], metavar="OPTIONS",
                    help="also anp with these prune options, e.g. '--retrain-iters 200' "
                    "(repeatable)")
+    p.add_argument("--prune-options", default="",
+                   help="options added to every prune command, e.g. '--retrain-iters 1' "
+                   "(tests/test_benchmarks_smoke.py: a tiny run)")
     args = p.parse_args()
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,8 @@ def main() -> None:
         out = run_dir / slug(label)
         sparsity = [] if "--max-drop" in opts else ["--sparsity", args.sparsity]
         seconds[label] = run(["metaprune", "prune", str(dense / "model"), *opts, *sparsity,
-                              "--out", str(out), "--no-progress"], log)
+                              *args.prune_options.split(), "--out", str(out), "--no-progress"],
+                             log)
         if "--max-drop" in opts:  # the round chosen on validation tasks
             best = json.loads((out / "validation.json").read_text())["best"]
             if best is None:

@@ -104,6 +104,7 @@ def main() -> None:
                     f"{', '.join(STRUCTURED_METHODS)} and {SCRATCH} (after {STRUCTURED}) "
                     "may be added to any setting")
     ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
+    ap.add_argument("--score-tasks", type=int, default=20, help="scoring tasks per round")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
     ap.add_argument("--patch-stride", type=int, default=None,
                     help="anp/lobs conv patch stride (default: the library's)")
@@ -190,7 +191,8 @@ def main() -> None:
         pruned = load_checkpoint(dense_ck, device=args.device).learner
         t0 = time.perf_counter()
         rounds = prune(pruned, sampler, method=method, sparsity=targets[-1], schedule=schedule,
-                       retrain_iters=retrain, meta_batch=cfg["train"]["meta_batch"], tasks=20,
+                       retrain_iters=retrain, meta_batch=cfg["train"]["meta_batch"],
+                       tasks=args.score_tasks,
                        **({} if args.patch_stride is None else
                           {"patch_stride": args.patch_stride}), **extra,
                        out_dir=run / method, meta={"config": cfg, "data": cfg["data"]},
@@ -256,7 +258,8 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
         if last_iteration(path) is None:
             lrn, plans = structured_anp(
                 dense_learner, sampler, keep=structured_keep(target), rounds=rounds,
-                retrain_iters=iters, meta_batch=cfg["train"]["meta_batch"], tasks=20,
+                retrain_iters=iters, meta_batch=cfg["train"]["meta_batch"],
+                tasks=args.score_tasks,
                 device=args.device, progress=not args.no_progress,
                 channel_criterion=STRUCTURED_METHODS[method])
             save_checkpoint(path, lrn, {"config": cfg, "data": cfg["data"], "structured": {

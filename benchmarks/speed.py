@@ -53,6 +53,15 @@ DEMO = (32, 5, 2, 8)
 GRID = [DEMO, (32, 5, 2, 16), (32, 5, 2, 32), (32, 5, 1, 8), (64, 5, 2, 8), (64, 5, 1, 8),
         (32, 20, 2, 8), (32, 20, 1, 8), (64, 20, 2, 8)]
 EVAL_TASKS = 600
+ANP_WIDTH = 64  # the ANP round's Conv4
+
+
+def shrink() -> None:
+    """--smoke: Conv4-4 workloads, 4 evaluation tasks (tests/test_benchmarks_smoke.py)."""
+    global DEMO, GRID, EVAL_TASKS, ANP_WIDTH
+    DEMO = (4, 5, 2, 2)
+    GRID = [DEMO, (4, 5, 1, 2)]
+    EVAL_TASKS, ANP_WIDTH = 4, 4
 
 
 def name_of(w: tuple[int, int, int, int]) -> str:
@@ -100,7 +109,7 @@ def time_evaluation(cap: float, device: str) -> dict:
     learner = make_learner(32, 5, False, device)
     evaluate(learner, data, TaskList(specs[:4]), progress=False, device=device)  # warm-up
     mpdist.barrier()
-    t0, done, chunk = time.perf_counter(), 0, 50
+    t0, done, chunk = time.perf_counter(), 0, min(50, EVAL_TASKS)
     while done < EVAL_TASKS and keep_going(t0, done, cap, minimum=chunk):
         evaluate(learner, data, TaskList(specs[done: done + chunk]), progress=False,
                  device=device)
@@ -118,14 +127,14 @@ def time_anp_round(device: str) -> list[dict]:
 
     sampler = TaskSampler(dataset("train", 5), 5, 1, 15, seed=0)
     tasks = [t.to(device) for t in sampler.batch(10_000, 20)]
-    learner = make_learner(64, 5, False, device)
+    learner = make_learner(ANP_WIDTH, 5, False, device)
     learner.meta_step(tasks[:2])  # warm-up
     t0 = time.perf_counter()
     learner.meta_step(tasks)
     meta_s = time.perf_counter() - t0
     rows = []
     for target in (0.10, 0.85):
-        lr = make_learner(64, 5, False, device)
+        lr = make_learner(ANP_WIDTH, 5, False, device)
         _, st = prune_step(lr, get_criterion("anp"), tasks, target)
         stages = {k: st[f"{k}_seconds"] for k in ("score", "select", "compensate", "mask")}
         rows.append({"target": target, **stages, "meta_iteration": meta_s})
@@ -181,6 +190,7 @@ def run_mode(args, workers: int, threads: int, grid: bool, anp: bool,
         tail = [str(Path(__file__).resolve()), "--worker", "--json", js, "--threads",
                 str(threads), "--seconds", str(args.seconds), "--eval-cap", str(args.eval_cap),
                 "--device", args.device] + (["--grid"] if grid else []) + (
+                    ["--smoke"] if args.smoke else []) + (
                     ["--anp"] if anp else []) + (
                     ["--default-malloc"] if args.default_malloc or default_malloc else []) + (
                     ["--nn-pool"] if nn_pool else [])
@@ -209,7 +219,10 @@ def main() -> None:
     p.add_argument("--grid", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--anp", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--ours", type=json.loads, help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="tiny workloads (a test of the script)")
     args = p.parse_args()
+    if args.smoke:
+        shrink()
     if args.worker:
         return worker(args)
     if args.anchor:
@@ -255,7 +268,7 @@ def main() -> None:
             print("anchor (higher) ...", file=sys.stderr, flush=True)
             subprocess.run([sys.executable, str(Path(__file__).resolve()), "--anchor",
                             "--json", js, "--seconds", str(args.seconds), "--ours",
-                            json.dumps(ours)], check=True,
+                            json.dumps(ours)] + (["--smoke"] if args.smoke else []), check=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
             anchor_res = json.loads(Path(js).read_text())
     write(args, results, anchor_res, base, default, modes[2][0])

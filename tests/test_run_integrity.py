@@ -131,15 +131,23 @@ def _train(out, moment: str = "none", nth: int = 0) -> int:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode
 
 
+@pytest.fixture(scope="module")
+def train_reference(tmp_path_factory) -> Path:
+    """The uninterrupted training run every killed one must end at (one for all moments)."""
+    ref = tmp_path_factory.mktemp("train_kill") / "ref"
+    assert _train(ref) == 0
+    return ref
+
+
 @pytest.mark.parametrize("moment, nth", [("between-renames", 2), ("after-first-temp", 2),
                                          ("between-renames", 3)])
-def test_train_killed_inside_a_checkpoint_write_resumes_bit_identical(tmp_path, moment, nth):
-    assert _train(tmp_path / "ref") == 0
+def test_train_killed_inside_a_checkpoint_write_resumes_bit_identical(train_reference, tmp_path,
+                                                                      moment, nth):
     assert _train(tmp_path / "run", moment, nth) == -signal.SIGKILL
     t0 = time.time()
     assert _train(tmp_path / "run") == 0, "resume failed"
     assert time.time() - t0 < 300
-    ref = load_checkpoint(tmp_path / "ref" / "model").learner.model.state_dict()
+    ref = load_checkpoint(train_reference / "model").learner.model.state_dict()
     got = load_checkpoint(tmp_path / "run" / "model").learner.model.state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the next write cleaned up
@@ -186,14 +194,20 @@ def test_prune_killed_inside_a_checkpoint_write_resumes_bit_identical(dense_and_
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
 
 
+@pytest.fixture(scope="module")
+def structured_reference(dense_and_reference, tmp_path_factory) -> Path:
+    ref = tmp_path_factory.mktemp("structured_kill") / "ref"
+    assert _prune(dense_and_reference[0], ref, options=STRUCTURED) == 0
+    return ref
+
+
 @pytest.mark.parametrize("moment, nth", [("between-renames", 2), ("after-first-temp", 3)])
 def test_structured_prune_killed_inside_a_checkpoint_write_resumes_bit_identical(
-        dense_and_reference, tmp_path, moment, nth):
+        dense_and_reference, structured_reference, tmp_path, moment, nth):
     dense, _ = dense_and_reference
-    assert _prune(dense, tmp_path / "ref", options=STRUCTURED) == 0
     assert _prune(dense, tmp_path / "run", moment, nth, STRUCTURED) == -signal.SIGKILL
     assert _prune(dense, tmp_path / "run", options=STRUCTURED) == 0, "resume failed"
-    a = load_checkpoint(tmp_path / "ref" / "round02").learner.model.state_dict()
+    a = load_checkpoint(structured_reference / "round02").learner.model.state_dict()
     b = load_checkpoint(tmp_path / "run" / "round02").learner.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

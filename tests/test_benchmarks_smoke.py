@@ -1,0 +1,357 @@
+"""Every benchmark script, run on a tiny setting: its smallest options, generated glyphs
+data, results written to a temporary folder (never into benchmarks/results). Each test reads
+what the script wrote and checks its rows, columns and numbers, so a script broken by a change
+of the library fails here rather than on its next real run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).parents[1]
+BENCH = ROOT / "benchmarks"
+GLYPHS = ["--set", "data.dataset=glyphs",
+          "--set", "data.options={num_classes: 12, samples_per_class: 6, image_size: 16}",
+          "--set", "data.train_split=train", "--set", "data.test_split=test",
+          "--set", "model.kwargs={width: 4}", "--set", "train.meta_batch=2",
+          "--set", "data.q_query=2", "--set", "eval.q_query=2"]
+GLYPH_OPTIONS = ["--option", "num_classes=12", "--option", "samples_per_class=6",
+                 "--option", "image_size=16"]
+# a tiny setting A: 2 dense iterations, two rounds (50%, 70%) of 1 re-training iteration
+CURVE = ["--setting", "A", *GLYPHS, "--iterations", "2", "--retrain-iters", "1", "--tasks", "4",
+         "--score-tasks", "2", "--methods", "anp,lobs,magnitude", "--schedule", "0.5,0.2",
+         "--report-at", "0.5,0.7", "--no-progress"]
+
+
+def run_script(name: str, *args: str, results: Path | None = None) -> None:
+    """``benchmarks/<name>.py args`` in this process (no second torch start-up), with the
+    default results folder replaced by ``results``."""
+    sys.path.insert(0, str(BENCH))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before conftest's one-thread fixture
+    with pytest.MonkeyPatch.context() as mp:
+        import _report
+
+        if results is not None:
+            mp.setattr(_report, "RESULTS", results)
+        mp.setattr(sys, "argv", [str(BENCH / f"{name}.py"), *args])
+        try:
+            runpy.run_path(str(BENCH / f"{name}.py"), run_name="__main__")
+        except SystemExit as e:
+            assert e.code in (0, None), f"{name}.py exited with {e.code}"
+        finally:
+            sys.path.remove(str(BENCH))
+            torch.set_num_threads(threads)
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def finite(value: str) -> bool:
+    return math.isfinite(float(value))
+
+
+@pytest.fixture(autouse=True)
+def _results_untouched() -> Iterator[None]:
+    """No smoke run writes into the committed results."""
+    before = {p.name: p.stat().st_mtime_ns for p in (BENCH / "results").iterdir()}
+    yield
+    after = {p.name: p.stat().st_mtime_ns for p in (BENCH / "results").iterdir()}
+    changed = [n for n in after if n.startswith("smoke") or before.get(n, after[n]) != after[n]]
+    assert not changed, f"a smoke run wrote into benchmarks/results: {changed}"
+
+
+@pytest.fixture(scope="module")
+def curve(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished tiny sparsity_curve run: (run folder, results folder)."""
+    root = tmp_path_factory.mktemp("curve")
+    run_script("sparsity_curve", *CURVE, "--run-dir", str(root / "run"), "--results-dir",
+               str(root / "results"), "--name", "smoke_curve")
+    return root / "run", root / "results"
+
+
+def test_sparsity_curve(curve) -> None:
+    _, results = curve
+    got = rows(results / "smoke_curve.csv")
+    assert [(r["method"], r["target_sparsity"]) for r in got] == [
+        ("dense", "0.0"), ("anp", "0.5"), ("anp", "0.7"), ("lobs", "0.5"), ("lobs", "0.7"),
+        ("magnitude", "0.5"), ("magnitude", "0.7")]
+    for r in got[1:]:
+        assert abs(float(r["sparsity"]) - float(r["target_sparsity"])) < 0.01
+        assert 0 <= float(r["accuracy"]) <= 100 and finite(r["diff_vs_dense"])
+        assert r["tasks"] == "4"
+    assert (results / "smoke_curve.md").read_text().startswith("# Accuracy vs sparsity")
+
+
+def test_paired_vs_anp(curve) -> None:
+    run, results = curve
+    run_script("paired_vs_anp", "--setting", "A", "--run-dir", str(run), "--results-dir",
+               str(results), "--name", "smoke_curve")
+    got = rows(results / "smoke_curve_anp_vs_baselines.csv")
+    assert {(r["baseline"], r["sparsity"]) for r in got} == {
+        (b, s) for b in ("lobs", "magnitude") for s in ("0.5", "0.7")}
+    assert all(finite(r["anp_minus_baseline"]) and float(r["ci95"]) >= 0 for r in got)
+
+
+def test_oneshot_criteria(curve, tmp_path) -> None:
+    run, _ = curve
+    run_script("oneshot_criteria", "--run-dir", str(run), "--name", "smoke_oneshot",
+               "--sparsity", "0.5", "--variants", "magnitude;anp;anp:compensation=none",
+               "--tasks", "3", "--score-tasks", "2", "--results-dir", str(tmp_path),
+               "--no-progress")
+    got = rows(tmp_path / "smoke_oneshot.csv")
+    assert [r["variant"] for r in got] == ["dense", "magnitude", "anp", "anp:compensation=none"]
+    assert all(r["tasks"] == "3" for r in got)
+    assert all(finite(r["diff_vs_dense"]) for r in got[1:])
+    assert finite(got[3]["diff_vs_method"])  # paired against anp with its defaults
+
+
+def test_mask_overlap(curve, tmp_path) -> None:
+    run, _ = curve
+    run_script("mask_overlap", "--run-dir", str(run), "--round", "2", "--methods",
+               "lobs,magnitude", "--name", "smoke_overlap", "--results-dir", str(tmp_path))
+    got = rows(tmp_path / "smoke_overlap.csv")
+    assert {r["method"] for r in got} == {"anp", "lobs", "magnitude"}
+    assert all(float(r["overlap_with_anp"]) == 1.0 for r in got if r["method"] == "anp")
+    assert all(0 <= float(r["overlap_with_anp"]) <= 1 for r in got)
+    assert all(int(r["kept"]) < int(r["weights"]) for r in got)
+
+
+def test_extra_retrain(curve, tmp_path) -> None:
+    run, _ = curve
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    run_script("extra_retrain", "--run-dir", str(work), "--round", "2", "--iterations", "1",
+               "--meta-batch", "2", "--methods", "anp,magnitude", "--name", "smoke_extra",
+               "--results-dir", str(tmp_path), "--no-progress")
+    got = rows(tmp_path / "smoke_extra.csv")
+    assert [r["model"] for r in got] == ["dense", "dense+1", "anp", "anp+1", "magnitude",
+                                         "magnitude+1"]
+    assert all(finite(r["diff_vs_dense"]) for r in got[1:])
+    versus = rows(tmp_path / "smoke_extra_anp_vs.csv")
+    assert [r["baseline"] for r in versus] == ["dense+1", "magnitude+1"]
+
+
+def test_h_adaptation(curve, tmp_path) -> None:
+    run, _ = curve
+    run_script("h_adaptation", "--run-dir", str(run), "--states", "dense",
+               "--score-tasks", "2", "--name", "smoke_h", "--results-dir", str(tmp_path))
+    got = rows(tmp_path / "smoke_h.csv")
+    assert got and {r["state"] for r in got} == {"dense"}
+    assert all(float(r["dH_adapt"]) >= 0 and 0 <= float(r["agree_adapt"]) <= 1 for r in got)
+
+
+def test_compensation_by_layer(curve, tmp_path) -> None:
+    run, _ = curve
+    run_script("compensation_by_layer", "--run-dir", str(run), "--sparsity", "0.5",
+               "--tasks", "3", "--name", "smoke_comp", "--results-dir", str(tmp_path))
+    got = rows(tmp_path / "smoke_comp.csv")
+    compensated = [r["compensated"] for r in got]
+    assert compensated[0] == "none" and "all" in compensated and "head.weight" in compensated
+    assert all(finite(r["diff_vs_none"]) for r in got[1:])
+
+
+def test_dense_cpu_time(curve, tmp_path) -> None:
+    run, _ = curve
+    run_script("dense_cpu_time", "--run-dir", str(run), "--warmup", "1", "--iterations", "1",
+               "--eval-tasks", "1", "--name", "smoke_cpu", results=tmp_path)
+    (got,) = rows(tmp_path / "smoke_cpu.csv")
+    per_iteration = float(got["cpu_seconds_per_iteration"])
+    assert per_iteration > 0 and got["full_iterations"] == "2"
+    assert float(got["estimated_cpu_minutes"]) == pytest.approx(2 * per_iteration / 60, abs=0.06)
+
+
+TINY_CONFIG = """\
+data: {dataset: glyphs, train_split: train, test_split: test, n_way: 5, k_shot: 1, q_query: 2,
+       options: {num_classes: 12, samples_per_class: 6, image_size: 16}}
+model: {name: conv4, kwargs: {width: 4}}
+learner: {name: maml, inner_lr: 0.4, inner_steps: 1, eval_inner_steps: 1, meta_lr: 0.001}
+train: {iterations: 2, meta_batch: 2, checkpoint_every: 100, seed: 0}
+eval: {tasks: 3, seed: 12345, q_query: 2}
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+def test_determinism(tmp_path) -> None:
+    run_script("determinism", "--iterations", "2", "--meta-batch", "2", "--threads", "1,2",
+               "--name", "smoke_det", "--results-dir", str(tmp_path), *GLYPHS)
+    got = rows(tmp_path / "smoke_det.csv")
+    assert [r["run"] for r in got] == ["reference", "again", "killed after 1, resumed",
+                                       "other thread count"]
+    assert got[1]["bit_equal_to_reference"] == got[2]["bit_equal_to_reference"] == "True"
+    assert got[1]["weights_sha256"] == got[0]["weights_sha256"]
+
+
+def test_omniglot_maml(tmp_path, tiny_config) -> None:
+    run_script("omniglot_maml", "--config", str(tiny_config), "--run-dir", str(tmp_path / "run"),
+               "--tag", "smoke", "--results-dir", str(tmp_path), "--set", "train.iterations=2")
+    (got,) = rows(tmp_path / "omniglot_maml_smoke.csv")
+    assert got["iterations"] == "2" and got["test_tasks"] == "3"
+    assert 0 <= float(got["accuracy"]) <= 100 and float(got["ci95"]) >= 0
+
+
+def test_gpu_omniglot_script_on_the_cpu(tmp_path, tiny_config) -> None:
+    env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu", "MIN_ITERATIONS": "2",
+           "RUN_ROOT": str(tmp_path / "runs"), "METAPRUNE_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    (tmp_path / "runs").mkdir()
+    done = subprocess.run(["bash", str(BENCH / "gpu_omniglot.sh")], cwd=ROOT, env=env,
+                          input=f"smoke {tiny_config} 0\n", capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "smoke:" in done.stdout and "-> 2 iterations" in done.stdout
+    (got,) = rows(tmp_path / "omniglot_maml_smoke.csv")
+    assert got["iterations"] == "2" and got["device"] == "cpu"
+    assert (tmp_path / "smoke.tar").stat().st_size > 0
+
+
+@pytest.mark.slow  # six metaprune processes (train, prune x 2, evaluate x 3): ~20 s alone
+def test_out_of_the_box(tmp_path, tiny_config) -> None:
+    run_script("out_of_the_box", "--config", str(tiny_config), "--run-dir", str(tmp_path / "run"),
+               "--name", "smoke_ootb", "--sparsity", "0.5", "--prune-options",
+               "--schedule 0.5x1 --retrain-iters 1 --tasks 2 --val-tasks 0 --workers 1",
+               results=tmp_path)
+    got = rows(tmp_path / "smoke_ootb.csv")
+    assert [r["model"] for r in got] == ["dense", "anp", "magnitude"]
+    assert all(r["tasks"] == "3" for r in got)
+    assert finite(got[1]["diff_vs_dense"]) and finite(got[1]["diff_vs_magnitude"])
+
+
+def test_deploy_bn_modes(curve, capsys) -> None:
+    run, _ = curve
+    run_script("deploy_bn_modes", str(run / "dense"), "--tasks", "2", "--queries", "2",
+               *GLYPH_OPTIONS)
+    out = capsys.readouterr().out
+    for mode in ("library (query batch)", "runtime bn=batch", "runtime bn=support"):
+        assert mode in out
+
+
+def test_device_report(curve, tmp_path) -> None:
+    run, _ = curve
+    run_script("device_report", "--model", f"dense={run / 'dense'}", "--model",
+               f"anp={run / 'anp' / 'round02'}", "--tasks", "2", "--queries", "2",
+               "--mem-reps", "1", "--reps-adapt", "1", "--reps-infer", "1",
+               "--out", str(tmp_path / "report"), *GLYPH_OPTIONS)
+    got = rows(tmp_path / "report.csv")
+    assert [r["model"] for r in got] == ["dense", "anp"]
+    dense, anp = got
+    assert int(anp["nonzero_params"]) < int(dense["nonzero_params"]) == int(dense["params"])
+    assert int(anp["stored_bytes"]) < int(dense["stored_bytes"])
+    assert all(float(r["latency_ms_b1"]) > 0 and finite(r["accuracy"]) for r in got)
+
+
+def test_anp_timing(tmp_path) -> None:
+    run_script("anp_timing", "--out", str(tmp_path), "--repeats", "1", "--tasks", "2",
+               "--width", "4", "--classes", "10", "--woodbury-max-rows", "50")
+    got = rows(tmp_path / "anp_timing.csv")
+    assert [r["layer"] for r in got] == ["features.0.0", "features.1.0", "features.2.0",
+                                         "features.3.0", "head"]
+    assert all(float(r["speedup"]) > 0 and float(r["max_rel_diff"]) < 1e-3 for r in got)
+
+
+def test_anp_h_data(tmp_path) -> None:
+    run_script("anp_h_data", "--iterations", "1", "--width", "4", "--meta-batch", "2",
+               "--eval-tasks", "2", "--sparsities", "0.5", "--retrain-iters", "1",
+               "--classes", "10,5", "--score-tasks", "2", "--work", str(tmp_path / "work"),
+               "--out", str(tmp_path))
+    got = rows(tmp_path / "anp_h_data.csv")
+    assert {(r["setting"], r["method"], r["h_data"]) for r in got} >= {
+        ("dense", "dense", ""), ("one-shot", "anp", "support"), ("iterative", "magnitude", "")}
+    assert len(got) == 1 + 2 * 5 and all(finite(r["accuracy"]) for r in got)
+
+
+def test_maxpool(tmp_path) -> None:
+    run_script("maxpool", "--shapes", "2", "--budget", "0.01", "--name", "smoke_pool",
+               results=tmp_path)
+    got = rows(tmp_path / "smoke_pool.csv")
+    assert [r["shape"] for r in got] == ["5x32x28x28", "5x32x14x14"]
+    assert all(float(r["no_grad_speedup"]) > 0 and float(r["grad_speedup"]) > 0 for r in got)
+
+
+def test_demo_time(tmp_path) -> None:
+    run_script("demo_time", "--out", str(tmp_path / "demo"), "--name", "smoke_demo", "--",
+               "--iterations", "2", "--retrain-iters", "1", "--tasks", "3", "--width", "4",
+               "--sparsity", "0.5", "--methods", "anp,magnitude", "--workers", "1",
+               results=tmp_path)
+    got = rows(tmp_path / "smoke_demo.csv")
+    assert [r["model"] for r in got][0] == "dense" and len(got) == 3
+    assert "took **" in (tmp_path / "smoke_demo.md").read_text()
+
+
+def test_speed_worker_anchor_and_report(tmp_path, monkeypatch) -> None:
+    """The measuring worker and the anchor in this process, then the report from their
+    output (the real run starts them as processes, in several modes)."""
+    run_script("speed", "--worker", "--smoke", "--grid", "--anp", "--default-malloc",
+               "--json", str(tmp_path / "w.json"), "--seconds", "0", "--eval-cap", "0")
+    ours = json.loads((tmp_path / "w.json").read_text())
+    assert len(ours["train"]) == 2 and ours["eval"]["tasks"] == 4 and len(ours["anp"]) == 2
+    per_it = {k: v["seconds"] / v["iterations"] for k, v in ours["train"].items()}
+    run_script("speed", "--anchor", "--smoke", "--json", str(tmp_path / "a.json"),
+               "--seconds", "0", "--ours", json.dumps(per_it))
+    anchor = json.loads((tmp_path / "a.json").read_text())
+    assert anchor["train"].keys() == ours["train"].keys()
+    monkeypatch.syspath_prepend(str(BENCH))
+    import speed
+
+    monkeypatch.setattr(speed, "RESULTS", tmp_path)
+    speed.shrink()
+    modes = ["1 process x 1 thread", "2 workers x 1 thread", "before (defaults)",
+             "1 process x 1 thread, glibc's default allocator"]
+    results = {(m, load): ours for m in modes for load in ("idle", "one busy process")}
+    args = speed.argparse.Namespace(name="smoke_speed", seconds=0.0, eval_cap=0.0,
+                                    device="cpu", default_malloc=False)
+    speed.write(args, results, anchor, modes[0], modes[1], modes[2])
+    got = rows(tmp_path / "smoke_speed.csv")
+    assert {r["mode"] for r in got} == set(modes) | {"higher (anchor), 1 x 1"}
+    assert all(float(r["vs_1p1t_idle"]) > 0 for r in got)
+    assert "## Summary" in (tmp_path / "smoke_speed.md").read_text()
+
+
+def test_anchor_higher(capsys) -> None:
+    pytest.importorskip("higher")
+    run_script("anchor_higher")
+    out = capsys.readouterr().out
+    diff = float(out.split("meta-gradient max |higher - functional_call| = ")[1].split()[0])
+    assert diff < 1e-4
+    assert out.count("ms/iteration") == 2 and "ms/task" in out
+
+
+def test_dense_budget(tmp_path) -> None:
+    run_script("dense_budget", "--name", "smoke_budget", "--out-dir", str(tmp_path))
+    got = rows(tmp_path / "smoke_budget.csv")
+    assert got and {r["n_way"] for r in got} == {"5", "20"}
+    assert all(int(r["tasks_seen"]) > 0 and finite(r["gap_to_published"]) for r in got)
+    assert "per doubling" in (tmp_path / "smoke_budget.md").read_text()
+
+
+def test_make_readme_pages() -> None:
+    """The generator renders every page from the committed results (the pages themselves are
+    compared in tests/test_regenerated_pages.py): contents, grouped settings, verdict words."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import make_readme
+
+        page = make_readme.render()
+        assert page.startswith("# Benchmarks") and "## Results: accuracy vs sparsity" in page
+        for templated in make_readme.TEMPLATED_PAGES:
+            assert "{{" not in make_readme.render_templated(templated)
+    finally:
+        sys.path.remove(str(BENCH))
