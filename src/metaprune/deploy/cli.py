@@ -1,4 +1,5 @@
-"""Subcommands ``export``, ``export-episode``, ``adapt`` and ``export-onnx``.
+"""Subcommands ``export``, ``export-episode``, ``adapt``, ``export-onnx`` and
+``export-executorch``.
 
 Imports are inside the handlers: ``adapt`` must not load the training stack.
 """
@@ -36,7 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export_episode)
 
     p = sub.add_parser("adapt", help="adapt an .mpz model on a support folder, predict queries")
-    p.add_argument("model", help=".mpz model file")
+    p.add_argument("model", help=".mpz model file (.pte program with --runtime executorch)")
+    p.add_argument("--runtime", choices=["torch", "executorch"], default="torch",
+                   help="torch: the PyTorch device runtime on an .mpz model (default); "
+                   "executorch: the ExecuTorch runtime on a .pte program from "
+                   "export-executorch")
     p.add_argument("--support", required=True,
                    help="folder with one sub-folder of images per class")
     p.add_argument("--query", required=True, nargs="+", metavar="DIR|FILE",
@@ -61,6 +66,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fold", action="store_true",
                    help="keep BatchNorm nodes (frozen) instead of folding them into the convs")
     p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("export-executorch", help="write an .mpz model as an ExecuTorch "
+                       "program (.pte) that adapts (masked SGD steps) and predicts on the "
+                       "device")
+    p.add_argument("model", help=".mpz model file")
+    p.add_argument("--out", required=True, help="output file, e.g. model.pte")
+    p.add_argument("--k-shot", type=POSITIVE, default=1,
+                   help="support images per class the program takes (default 1)")
+    p.add_argument("--max-queries", type=POSITIVE, default=128,
+                   help="most query images per predict call (default 128)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing ExecuTorch with the PyTorch runtime on a random "
+                   "support set")
+    p.set_defaults(func=cmd_export_executorch)
 
 
 # ---- export -----------------------------------------------------------------------------------
@@ -144,9 +163,21 @@ def cmd_export_episode(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     import time
 
+    from .executorch_runtime import ExecuTorchModel, is_pte
     from .runtime import DeviceModel
 
-    dm = DeviceModel.load(args.model)
+    if args.runtime == "executorch":
+        if args.bn != "support":
+            raise ValueError("--runtime executorch predicts with --bn support only")
+        dm = ExecuTorchModel.load(args.model)
+    else:
+        path = Path(args.model)
+        if path.is_file():
+            with path.open("rb") as f:
+                if is_pte(f.read(8)):
+                    raise ValueError(f"'{path}' is an ExecuTorch program, not an .mpz model: "
+                                     "adapt it with --runtime executorch")
+        dm = DeviceModel.load(path)
     support = dm.load_support(args.support)
     t0 = time.perf_counter()
     adapted = dm.adapt(support.x, support.y, steps=args.steps, class_names=support.class_names)
@@ -200,4 +231,21 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         print(f"onnxruntime check on the support images: max |ONNX - PyTorch| = {diff:.2e}")
     except ImportError:
         print("(onnxruntime not installed: output not checked)")
+    return 0
+
+
+def cmd_export_executorch(args: argparse.Namespace) -> int:
+    from .executorch_export import compare_runtimes, export_executorch
+    from .format import size_report
+
+    out = export_executorch(args.model, args.out, k_shot=args.k_shot,
+                            max_queries=args.max_queries)
+    rep = size_report(args.model)
+    pte = out.stat().st_size
+    print(f"wrote {out}")
+    print(f"ExecuTorch program bytes: {pte:>10,}  (.mpz {rep.compact_bytes:,}: "
+          f"{pte / rep.compact_bytes:.2f}x; dense float32 {rep.dense_bytes:,}: "
+          f"{pte / rep.dense_bytes:.2f}x; information limit {rep.limit_bytes:,})")
+    if not args.no_check:
+        print(compare_runtimes(args.model, out))
     return 0

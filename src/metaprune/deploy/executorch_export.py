@@ -1,0 +1,343 @@
+"""ExecuTorch export: an ``.mpz`` model as one ``.pte`` program that ADAPTS on the device.
+
+The program has these methods (names in :mod:`metaprune.deploy.executorch_runtime`):
+
+* ``adapt_loss(support_x, support_y) -> (loss,)``, a training method (forward + backward,
+  exported with ``torch.export.experimental._export_forward_backward``): the support set's
+  cross-entropy under the stored test-time rule. Its trainable parameters are exactly the
+  adapting ones (all weights for MAML/FOMAML/Reptile and Meta-SGD, the head for ANIL, the
+  zero-initialised context for CAVIA; ProtoNet has no training method). Each adapting
+  parameter ``p`` enters the network as ``p.detach() + s * (p - p.detach())`` with
+  ``s = lr * mask``: the same value as ``p``, and gradient ``s * dL/dp``. So plain SGD with
+  learning rate 1 (ExecuTorch's SGD optimiser, Python or C++) is the runtime's masked step
+  ``p <- p - lr * (mask * dL/dp)``, per-weight ``lr`` for Meta-SGD: pruned weights get a zero
+  gradient and stay exactly 0, and the rule lives in the program, not in the caller.
+* ``predict(support_x, support_y, query_x, *adapted) -> (logits,)``: the adapted parameters
+  (``adapt_loss``'s, in ``meta["adapt"]`` order; CAVIA: the context) are inputs, because the
+  optimiser updates them in ``adapt_loss``'s memory only. BatchNorm is frozen at the support
+  set's statistics, as the PyTorch runtime predicts: support and queries run as one batch
+  whose BatchNorm layers normalise every row with the mean and biased variance of the support
+  rows, so each query is predicted independently of the others. ProtoNet: prototypes are the
+  class means of the support embeddings (``support_y`` gives the classes); logits are minus
+  the squared distances. The query batch is dynamic, up to ``meta["max_queries"]``.
+* ``metaprune_meta() -> uint8 tensor``: UTF-8 JSON (rule, input, support size, method and
+  parameter names), so a device (or ``metaprune adapt --runtime executorch``) needs nothing
+  but the ``.pte``.
+
+Workarounds for the ExecuTorch kernels (executorch 1.4): max-pooling's backward gives wrong
+gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as a reshape + ``amax``
+(:class:`AmaxPool2`, same values; the same gradient wherever a window's maximum is unique,
+tested against eager); global average pooling is exported as a mean. BatchNorm keeps its
+training-mode (batch-statistics) form in ``adapt_loss``, as the backbones use it.
+
+The program is static in the support set's shape (``n_way x k_shot`` images of the model's
+input size): export one program per shot count (``--k-shot``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ..models.layers import Embedding, MaxPool2, add_film_hooks, film_parameters
+from .executorch_runtime import LOSS_METHOD, META_METHOD, PREDICT_METHOD, PTE_FORMAT, PTE_VERSION
+from .format import load_mpz
+from .runtime import DeviceModel
+
+DEFAULT_MAX_QUERIES = 128
+
+
+# ---- ExecuTorch-friendly layers ---------------------------------------------------------------
+def amax_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as a reshape + ``amax`` over each 2x2 window
+    (ExecuTorch's max-pool backward is wrong; ``amax``'s is right)."""
+    h, w = x.shape[-2:]
+    if ceil_mode:  # an odd last row / column is a window of its own
+        x = F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+    else:
+        x = x[..., : h - h % 2, : w - w % 2]
+    h2, w2 = x.shape[-2] // 2, x.shape[-1] // 2
+    return x.reshape(*x.shape[:-2], h2, 2, w2, 2).amax(dim=(-3, -1))
+
+
+class AmaxPool2(nn.Module):
+    def __init__(self, ceil_mode: bool = False):
+        super().__init__()
+        self.ceil_mode = ceil_mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return amax_pool2(x, self.ceil_mode)
+
+
+class GlobalMean(nn.Module):
+    """``nn.AdaptiveAvgPool2d(1)`` as a mean (average pooling has no backward kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+class SupportStatsBatchNorm(nn.Module):
+    """A BatchNorm that normalises every row with the statistics (mean, biased variance) of
+    the first ``n_support`` rows: the support set's, as ``runtime.freeze_batchnorm`` freezes
+    them."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, n_support: int):
+        super().__init__()
+        self.weight, self.bias = bn.weight, bn.bias   # same names as the BatchNorm's
+        self.eps, self.n_support = bn.eps, n_support
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x[: self.n_support]
+        dims = [d for d in range(x.dim()) if d != 1]
+        return F.batch_norm(x, s.mean(dims), s.var(dims, unbiased=False), self.weight,
+                            self.bias, False, 0.0, self.eps)
+
+
+def _swap_modules(model: nn.Module, swap) -> nn.Module:
+    """Replace (in place) every sub-module ``m`` for which ``swap(m)`` returns a module."""
+    for name, child in list(model.named_children()):
+        new = swap(child)
+        if new is not None:
+            setattr(model, name, new)
+        else:
+            _swap_modules(child, swap)
+    return model
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the layers ExecuTorch cannot differentiate replaced by
+    equivalent ones; any other max-pooling is refused."""
+    def swap(m: nn.Module) -> nn.Module | None:
+        if isinstance(m, MaxPool2):
+            return AmaxPool2(m.ceil_mode)
+        if isinstance(m, nn.MaxPool2d):
+            k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation)
+            if k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and d in (1, (1, 1)):
+                return AmaxPool2(m.ceil_mode)
+            raise ValueError(f"ExecuTorch export: {m} is not supported (only 2x2 max-pooling "
+                             "with stride 2)")
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            return GlobalMean()
+        return None
+
+    return _swap_modules(copy.deepcopy(model), swap)
+
+
+def support_stats_batchnorm(model: nn.Module, n_support: int) -> nn.Module:
+    """``model`` (in place) with every BatchNorm replaced by :class:`SupportStatsBatchNorm`."""
+    return _swap_modules(model, lambda m: SupportStatsBatchNorm(m, n_support)
+                         if isinstance(m, nn.modules.batchnorm._BatchNorm) else None)
+
+
+# ---- the exported methods ---------------------------------------------------------------------
+def _rescaled(p: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``p`` by value, ``scale * grad`` as gradient."""
+    d = p.detach()
+    return d + scale * (p - d)
+
+
+class _Program(nn.Module):
+    """The network and how the adapted tensors enter it (as parameters of the network, or as
+    CAVIA's context through the FiLM generators)."""
+
+    def __init__(self, dm: DeviceModel, net: nn.Module, names: list[str]):
+        super().__init__()
+        self.net, self.names, self.kind = net, names, dm.rule["kind"]
+        self.film_blocks = list(dm.rule.get("film_blocks", [])) if self.kind == "context" else []
+        for b in self.film_blocks:
+            self.register_buffer(f"film_w{b}", dm.mpz.film[f"b{b}_weight"].clone())
+            self.register_buffer(f"film_b{b}", dm.mpz.film[f"b{b}_bias"].clone())
+
+    def run(self, x: torch.Tensor, adapted: list[torch.Tensor]) -> torch.Tensor:
+        if self.kind != "context":
+            return functional_call(self.net, dict(zip(self.names, adapted)), (x,))
+        film = {b: film_parameters(adapted[0], getattr(self, f"film_w{b}"),
+                                   getattr(self, f"film_b{b}")) for b in self.film_blocks}
+        handles = add_film_hooks(self.net, self.film_blocks, lambda b, _out: film[b])
+        try:
+            return self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def adapting_tensors(dm: DeviceModel) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
+    """The stored rule as (names, initial values, step sizes ``lr * mask``) of the tensors that
+    adapt: the rule's parameters, or CAVIA's zero context ("context")."""
+    rule = dm.rule
+    if rule["kind"] == "context":
+        return (["context"], [torch.zeros(rule["context_dim"])],
+                [torch.tensor(float(rule["inner_lr"]))])
+    if rule["kind"] != "gradient":
+        return [], [], []
+    params = dict(dm.model.named_parameters())
+    names, values, scales = [], [], []
+    for n in rule["adapt"]:
+        lr = dm.lr_for(n)
+        scale = (lr.detach().clone().float() if isinstance(lr, torch.Tensor)
+                 else torch.full_like(params[n], float(lr)))
+        keep = dm.masks.get(n)
+        if keep is not None:
+            scale = torch.where(keep, scale, 0.0)
+        names.append(n)
+        values.append(params[n].detach().clone())
+        scales.append(scale)
+    return names, values, scales
+
+
+class AdaptLoss(_Program):
+    """``(support_x, support_y) -> (cross-entropy,)`` with the adapting tensors as the only
+    trainable parameters (``p0``, ``p1``, ...), their gradients scaled by ``lr * mask``."""
+
+    def __init__(self, dm: DeviceModel):
+        names, values, scales = adapting_tensors(dm)
+        super().__init__(dm, exportable(dm.model).requires_grad_(False), names)
+        for i, (v, s) in enumerate(zip(values, scales)):
+            setattr(self, f"p{i}", nn.Parameter(v))
+            self.register_buffer(f"s{i}", s)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
+        adapted = [_rescaled(getattr(self, f"p{i}"), getattr(self, f"s{i}"))
+                   for i in range(len(self.names))]
+        return (F.cross_entropy(self.run(x, adapted), y),)
+
+
+class Predict(_Program):
+    """``(support_x, support_y, query_x, *adapted) -> (query logits,)``, BatchNorm at the
+    support statistics."""
+
+    def __init__(self, dm: DeviceModel, n_support: int, n_way: int):
+        net = support_stats_batchnorm(exportable(dm.model).requires_grad_(False), n_support)
+        super().__init__(dm, net, adapting_tensors(dm)[0])
+        self.n_support, self.n_way = n_support, n_way
+
+    def forward(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
+                *adapted: torch.Tensor) -> tuple[torch.Tensor]:
+        x = torch.cat([sx, qx])
+        if self.kind == "prototypes":
+            z = Embedding(self.net)(x)
+            zs, zq = z[: self.n_support], z[self.n_support:]
+            onehot = (sy[:, None] == torch.arange(self.n_way)[None]).to(zs.dtype)
+            protos = (onehot.t() @ zs) / onehot.sum(0)[:, None]
+            return (-(zq[:, None, :] - protos[None]).pow(2).sum(-1),)
+        return (self.run(x, list(adapted))[self.n_support:],)
+
+
+# ---- export -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet(enabled: bool = True):
+    if not enabled:
+        yield
+        return
+    sink = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch", "executorch")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def build_program(dm: DeviceModel, k_shot: int = 1, max_queries: int = DEFAULT_MAX_QUERIES,
+                  n_way: int | None = None, source: str = "<memory>", quiet: bool = True
+                  ) -> tuple[bytes, dict[str, Any]]:
+    """Export ``dm`` as an ExecuTorch program; returns (``.pte`` bytes, its metadata)."""
+    from executorch.exir import to_edge
+    from torch.export import Dim, export
+    from torch.export.experimental import _export_forward_backward
+
+    n_way = int(n_way or dm.meta.get("n_way") or 0)
+    if n_way < 2:
+        raise ValueError(f"'{source}' stores no class count: give n_way")
+    if k_shot < 1 or max_queries < 1:
+        raise ValueError("k_shot and max_queries must be >= 1")
+    if not dm.channels or not dm.size:
+        raise ValueError(f"'{source}' stores no input size/channels")
+    n_support = n_way * k_shot
+    shape = (dm.channels, dm.size, dm.size)
+    g = torch.Generator().manual_seed(0)
+    sx = torch.rand(n_support, *shape, generator=g)
+    sy = torch.arange(n_way).repeat_interleave(k_shot)
+    qx = torch.rand(2, *shape, generator=g)
+    names, adapted, _ = adapting_tensors(dm)
+    methods = {}
+    with _quiet(quiet):
+        try:
+            if names:
+                ep = export(AdaptLoss(dm), (sx, sy), strict=False)
+                methods[LOSS_METHOD] = _export_forward_backward(ep)
+            # *adapted is one tuple of the signature (absent when empty)
+            dyn = (None, None, {0: Dim("queries", min=1, max=max_queries)},
+                   *([(None,) * len(adapted)] if adapted else []))
+            methods[PREDICT_METHOD] = export(Predict(dm, n_support, n_way),
+                                             (sx, sy, qx, *adapted), dynamic_shapes=dyn,
+                                             strict=False)
+        except Exception as e:
+            raise RuntimeError(f"ExecuTorch export of '{source}' failed: {e}") from e
+    meta = {"format": PTE_FORMAT, "version": PTE_VERSION, "rule": dm.rule,
+            "n_way": n_way, "k_shot": k_shot, "n_support": n_support,
+            "input": dm.meta["input"], "max_queries": max_queries,
+            "adapt": names, "sgd_lr": 1.0,
+            "methods": {"loss": LOSS_METHOD if names else None,
+                        "predict": PREDICT_METHOD},
+            "model": dm.meta["model"], "source": Path(source).name}
+    blob = torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
+    with _quiet(quiet):
+        prog = to_edge(methods, constant_methods={META_METHOD: blob}).to_executorch()
+    return prog.buffer, meta
+
+
+def export_executorch(mpz_path: str | os.PathLike, out: str | os.PathLike, k_shot: int = 1,
+                      max_queries: int = DEFAULT_MAX_QUERIES) -> Path:
+    """Write the ``.pte`` program of the ``.mpz`` model at ``mpz_path`` to ``out``."""
+    dm = DeviceModel(load_mpz(mpz_path), str(mpz_path))
+    data, _ = build_program(dm, k_shot, max_queries, source=str(mpz_path))
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return out
+
+
+def compare_runtimes(mpz_path: str | os.PathLike, pte_path: str | os.PathLike,
+                     seed: int = 0, queries: int = 16) -> str:
+    """Adapt with the PyTorch runtime (``.mpz``) and the ExecuTorch program (``.pte``) on one
+    random support set and compare: adapted tensors, query logits, predicted classes."""
+    from .executorch_runtime import ExecuTorchModel
+
+    dm, em = DeviceModel.load(mpz_path), ExecuTorchModel.load(pte_path)
+    m = em.meta
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.rand(m["n_support"], em.channels, em.size, em.size, generator=g)
+    sy = torch.arange(m["n_way"]).repeat_interleave(m["k_shot"])
+    qx = torch.rand(queries, em.channels, em.size, em.size, generator=g)
+    ref, got = dm.adapt(sx, sy), em.adapt(sx, sy)
+    diffs = [(got.params[n] - ref.params[n]).abs().max().item()
+             for n in got.params if n in ref.params]
+    zeros = all(bool((got.params[n][~keep] == 0).all())
+                for n, keep in dm.masks.items() if n in got.params)
+    lr, lg = ref.logits(qx), got.logits(qx)
+    same = int((lr.argmax(1) == lg.argmax(1)).sum())
+    weights = (f"max |adapted weight difference| {max(diffs):.1e}, pruned weights exactly 0: "
+               f"{'yes' if zeros else 'NO'}; " if diffs else "")
+    return (f"check, ExecuTorch vs PyTorch runtime on a random {m['n_way']}-way "
+            f"{m['k_shot']}-shot support set ({dm.rule['steps']} step(s)): {weights}max "
+            f"|logit difference| {(lr - lg).abs().max().item():.1e}, same predicted classes "
+            f"for {same} of {queries} random queries")

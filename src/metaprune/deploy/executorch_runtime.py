@@ -1,0 +1,192 @@
+"""The ExecuTorch device runtime: adapt and predict with a ``.pte`` program written by
+``metaprune export-executorch`` (:mod:`metaprune.deploy.executorch_export`), through the
+ExecuTorch runtime's Python bindings. Same flow and output as :mod:`metaprune.deploy.runtime`
+(support folder in, ``Prediction`` list out), but the arithmetic runs in ExecuTorch:
+
+* adaptation = ``steps`` x (``adapt_loss`` forward + backward, then ExecuTorch's SGD optimiser
+  with learning rate ``meta["sgd_lr"]`` = 1; the program scales each gradient by
+  ``lr * mask``), so pruned weights stay exactly 0;
+* prediction = the ``predict`` method, BatchNorm frozen at the support statistics.
+
+The ExecuTorch training API is experimental (executorch 1.4): the two entry points used here
+(``TrainingModule`` over ``_load_for_executorch_from_buffer``, and ``get_sgd_optimizer``) are
+imported in :func:`_executorch` only. Dependencies: torch, numpy, Pillow, executorch and the
+device-side modules of this package (nothing from the training stack).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..finite import NonFiniteError
+from .format import FormatError, check_rule
+from .runtime import AdaptedModel, Support, load_image, load_support, query_files, to_tensor
+
+PTE_FORMAT = "metaprune-executorch"
+PTE_VERSION = 1
+LOSS_METHOD = "adapt_loss"
+PREDICT_METHOD = "predict"
+META_METHOD = "metaprune_meta"
+PTE_MAGIC = b"ET"          # the ExecuTorch flatbuffer's file identifier (bytes 4..8: "ET12")
+
+
+def is_pte(head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of a file) looks like an ExecuTorch program."""
+    return len(head) >= 8 and head[4:6] == PTE_MAGIC
+
+
+def _executorch() -> tuple[Any, Any, Any]:
+    """(load-from-buffer, TrainingModule, get_sgd_optimizer) of the installed executorch."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from executorch.extension.pybindings.portable_lib import (
+                _load_for_executorch_from_buffer,
+            )
+            from executorch.extension.training import TrainingModule, get_sgd_optimizer
+    except ImportError as e:
+        raise ValueError("the ExecuTorch runtime needs the 'executorch' package: pip install "
+                         "'metaprune[executorch]'") from e
+    return _load_for_executorch_from_buffer, TrainingModule, get_sgd_optimizer
+
+
+class ExecuTorchAdapted(AdaptedModel):
+    """One task's adapted tensors, predicting through the program's ``predict`` method
+    (``predict()`` and its output are :class:`AdaptedModel`'s)."""
+
+    def __init__(self, program: ExecuTorchModel, adapted: list[torch.Tensor],
+                 support: tuple[torch.Tensor, torch.Tensor], class_names: list[str]):
+        params = dict(zip(program.meta["adapt"], adapted))
+        super().__init__(None, params, program.rule["kind"], class_names, {})
+        self.program, self.adapted, self.support = program, adapted, support
+
+    def inference_module(self) -> torch.nn.Module:
+        raise NotImplementedError("an ExecuTorch-adapted model predicts through its program")
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, bn: str = "support") -> torch.Tensor:
+        if bn != "support":
+            raise ValueError("the ExecuTorch program predicts with support-statistics "
+                             "BatchNorm only (--bn support)")
+        step = int(self.program.meta["max_queries"])
+        out = [self.program.run(PREDICT_METHOD, (*self.support, x[i:i + step].contiguous(),
+                                                 *self.adapted))[0]
+               for i in range(0, len(x), step)]
+        return torch.cat(out)
+
+
+class ExecuTorchModel:
+    """A loaded ``.pte`` program: its metadata, and adaptation / prediction through it."""
+
+    def __init__(self, data: bytes, source: str = "<memory>"):
+        self.source = source
+        if not is_pte(data[:8]):
+            raise ValueError(f"'{source}' is not an ExecuTorch program (.pte); write one with "
+                             "'metaprune export-executorch MODEL.mpz --out MODEL.pte'")
+        load, training_module, self._sgd_factory = _executorch()
+        # ExecuTorch runs on this buffer without copying it, and its optimiser writes the
+        # adapted parameters into it: a private copy, referenced as long as the module lives
+        self._data = bytes(bytearray(data))
+        try:
+            self.module = load(self._data)
+            names = set(self.module.method_names())
+        except Exception as e:
+            raise ValueError(f"'{source}': ExecuTorch cannot load it: {e}") from e
+        if META_METHOD not in names:
+            raise ValueError(f"'{source}' is an ExecuTorch program but not one written by "
+                             "'metaprune export-executorch' (no metadata method)")
+        self.meta: dict[str, Any] = json.loads(bytes(self.run(META_METHOD, ())[0].numpy()))
+        if self.meta.get("format") != PTE_FORMAT or self.meta.get("version") != PTE_VERSION:
+            raise FormatError(f"'{source}': format {self.meta.get('format')!r} version "
+                              f"{self.meta.get('version')!r}, expected {PTE_FORMAT!r} "
+                              f"version {PTE_VERSION}")
+        check_rule(self.meta.get("rule"), f"'{source}'")
+        self.rule = dict(self.meta["rule"])
+        self.channels, self.size = self.meta["input"]["channels"], self.meta["input"]["size"]
+        self.loss_method = self.meta["methods"]["loss"]
+        self.training = training_module(self.module)
+        self._initial: dict[str, torch.Tensor] | None = None
+        self._sgd = None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ExecuTorchModel:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"model file '{p}' does not exist")
+        return cls(p.read_bytes(), str(p))
+
+    def run(self, method: str, inputs: Sequence[Any]) -> list[torch.Tensor]:
+        return self.module.run_method(method, tuple(inputs))
+
+    def load_support(self, folder: str | os.PathLike) -> Support:
+        return load_support(folder, self.channels, self.size)
+
+    def load_queries(self, paths: Sequence[str | os.PathLike]) -> tuple[torch.Tensor, list[Path]]:
+        files = query_files(paths)
+        return to_tensor([load_image(f, self.channels, self.size) for f in files]), files
+
+    def _fresh_parameters(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The program's trainable tensors (ExecuTorch's memory), reset to the stored values.
+        They exist only after a first ``forward_backward``: the first call runs one, unused."""
+        if self._initial is None:
+            self.training.forward_backward(self.loss_method, (x, y))
+            params = self.training.named_parameters()
+            self._initial = {n: p.clone() for n, p in params.items()}
+            self._sgd = self._sgd_factory(params, float(self.meta["sgd_lr"]))
+        params = self.training.named_parameters()
+        for n, p in params.items():
+            p.copy_(self._initial[n])
+        return params
+
+    def check_support(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        m = self.meta
+        want = (m["n_support"], self.channels, self.size, self.size)
+        labels = torch.arange(m["n_way"]).repeat_interleave(m["k_shot"])
+        if tuple(x.shape) != want or not torch.equal(torch.sort(y).values, labels):
+            raise ValueError(f"'{self.source}' was exported for {m['n_way']}-way "
+                             f"{m['k_shot']}-shot support sets ({m['n_support']} images of "
+                             f"{self.channels}x{self.size}x{self.size}, {m['k_shot']} per "
+                             f"class); this one has {len(x)} images in {int(y.max()) + 1} "
+                             "classes: export again with --k-shot (and a model of that "
+                             "many ways)")
+
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int | None = None,
+              class_names: Sequence[str] | None = None) -> ExecuTorchAdapted:
+        """Adapt on a support set (labels 0..N-1) with the program's rule."""
+        self.check_support(x, y)
+        x, y = x.float().contiguous(), y.long().contiguous()
+        names = (list(class_names) if class_names is not None
+                 else [str(i) for i in range(self.meta["n_way"])])
+        steps = int(self.rule["steps"] if steps is None else steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        adapted: list[torch.Tensor] = []
+        if self.loss_method is not None:
+            params = self._fresh_parameters(x, y)
+            for _ in range(steps):
+                self.training.forward_backward(self.loss_method, (x, y))
+                self._sgd.step(self.training.named_gradients())
+            adapted = [params[f"p{i}"].clone() for i in range(len(self.meta["adapt"]))]
+            if not all(bool(torch.isfinite(t).all()) for t in adapted):
+                raise NonFiniteError(f"adapting '{self.source}' diverged: NaN or inf after "
+                                     f"{steps} step(s); use fewer steps (--steps)")
+        return ExecuTorchAdapted(self, adapted, (x, y), names)
+
+
+def adapt_folder(model_path: str | os.PathLike, support: str | os.PathLike,
+                 queries: Sequence[str | os.PathLike], steps: int | None = None) -> list:
+    """The whole device flow through ExecuTorch: load, read the support folder, adapt,
+    predict the queries."""
+    em = ExecuTorchModel.load(model_path)
+    s = em.load_support(support)
+    adapted = em.adapt(s.x, s.y, steps=steps, class_names=s.class_names)
+    qx, files = em.load_queries(queries)
+    return adapted.predict(qx, files)

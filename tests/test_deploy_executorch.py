@@ -1,0 +1,188 @@
+"""ExecuTorch export (issue 22): on the same episode, adaptation and prediction through the
+ExecuTorch runtime equal the PyTorch device runtime (same predicted classes, adapted tensors
+within 1e-5, pruned weights exactly 0 after every step), for MAML, ANIL, Meta-SGD, ProtoNet
+and CAVIA, dense and pruned, Conv4 and the structured slim model; the amax pooling equals
+max-pooling in eager; the CLI end to end; bad input gets a clear error.
+
+Each case exports one tiny model (about 2-8 s each on a 2-core CPU: the ExecuTorch
+compilation passes, not the model size, dominate)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from metaprune.cli import main
+from metaprune.deploy.format import mpz_from_learner, save_mpz
+from metaprune.deploy.runtime import DeviceModel
+from metaprune.learners import build_learner
+from metaprune.models import build_model
+
+pytest.importorskip("executorch")  # a fallback only: the test extra installs executorch
+
+from metaprune.deploy.executorch_export import amax_pool2, build_program  # noqa: E402
+from metaprune.deploy.executorch_runtime import ExecuTorchModel  # noqa: E402
+
+N_WAY, K_SHOT, SHAPE = 5, 2, (1, 28, 28)
+
+
+def learner_for(name: str, pruned: bool, arch: str = "conv4", seed: int = 0):
+    """A tiny learner; ``pruned``: random 80 % masks on every conv/linear weight but the first
+    conv (kept dense as the CLI's default preset does: a 1-channel 3x3 filter pruned at
+    random is often all zero, and BatchNorm of the constant map it outputs normalises
+    rounding noise, which two runtimes round differently)."""
+    torch.manual_seed(seed)
+    net = build_model(arch, **({"width": 8} if arch == "conv4" else {"widths": [6, 4, 5, 3]}))
+    kw = {"context_dim": 4, "film_blocks": [1, 2]} if name == "cavia" else {}
+    learner = build_learner(name, net, inner_lr=0.3, eval_inner_steps=3, **kw)
+    if name == "metasgd":
+        with torch.no_grad():
+            for p in learner.lrs.values():
+                p.uniform_(0.05, 0.5)
+    if pruned:
+        g = torch.Generator().manual_seed(seed + 1)
+        learner.set_masks({n: (torch.rand(p.shape, generator=g) >= 0.8).float()
+                           for n, p in net.named_parameters()
+                           if p.dim() > 1 and n != "features.0.0.weight"})
+    return learner
+
+
+def episode(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.rand(N_WAY * K_SHOT, *SHAPE, generator=g)
+    qx = torch.rand(4 * N_WAY, *SHAPE, generator=g)
+    return sx, torch.arange(N_WAY).repeat(K_SHOT), qx  # labels interleaved, not sorted
+
+
+CASES = [("maml", True, "conv4"), ("maml", False, "conv4-slim"), ("anil", True, "conv4"),
+         ("metasgd", True, "conv4"), ("protonet", True, "conv4"), ("cavia", False, "conv4")]
+
+
+@pytest.mark.parametrize("name,pruned,arch", CASES)
+def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool,
+                                                     arch: str) -> None:
+    learner = learner_for(name, pruned, arch)
+    dm = DeviceModel(mpz_from_learner(learner))
+    data, meta = build_program(dm, k_shot=K_SHOT, max_queries=8)
+    em = ExecuTorchModel(data)
+    sx, sy, qx = episode()
+    for steps in range(dm.rule["steps"] + 1):  # every step: same tensors, pruned stay 0
+        ref, got = dm.adapt(sx, sy, steps=steps), em.adapt(sx, sy, steps=steps)
+        if name == "cavia":
+            for b, (gamma, beta) in ref.film.items():
+                ctx = got.adapted[0]
+                g2, b2 = dm.film_of(ctx)[b]
+                assert (g2 - gamma).abs().max().item() <= 1e-5
+                assert (b2 - beta).abs().max().item() <= 1e-5
+            continue
+        assert set(got.params) == set(meta["adapt"])
+        for n, p in got.params.items():
+            assert (p - ref.params[n]).abs().max().item() <= 1e-5, (steps, n)
+            keep = dm.masks.get(n)
+            if keep is not None:
+                assert bool((p[~keep] == 0).all()), (steps, n)
+                assert int((p[keep] != 0).sum()) > 0
+    assert meta["adapt"] == ([] if name == "protonet" else ["context"] if name == "cavia" else
+                             ["head.weight", "head.bias"] if name == "anil" else
+                             [n for n, _ in learner.model.named_parameters()])
+    if steps and name != "protonet":  # adaptation moved something
+        assert any(not torch.equal(t, t0) for t, t0 in
+                   zip(got.adapted, [torch.zeros(4)] if name == "cavia" else
+                       [dict(dm.model.named_parameters())[n] for n in meta["adapt"]]))
+    # predictions: support-statistics BatchNorm, queries in chunks of max_queries (8)
+    lr, lg = ref.logits(qx), got.logits(qx)
+    assert torch.equal(lr.argmax(1), lg.argmax(1))
+    assert (lr - lg).abs().max().item() <= 1e-4 * max(1.0, lr.abs().max().item())
+    one = got.logits(qx[:1])  # batch 1 = the same image in a batch
+    assert (one - lg[:1]).abs().max().item() <= 1e-5 * max(1.0, lr.abs().max().item())
+    preds = got.predict(qx)
+    assert [p.label for p in preds] == lr.argmax(1).tolist()
+
+
+def test_amax_pool_equals_max_pool_in_eager() -> None:
+    g = torch.Generator().manual_seed(0)
+    for shape, ceil in [((3, 4, 8, 8), False), ((2, 3, 7, 5), False), ((2, 3, 7, 5), True)]:
+        x = torch.randn(*shape, generator=g)
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out_a, out_b = amax_pool2(a, ceil), F.max_pool2d(b, 2, ceil_mode=ceil)
+        assert torch.equal(out_a, out_b)
+        w = torch.randn(out_a.shape, generator=g)
+        (out_a * w).sum().backward()
+        (out_b * w).sum().backward()
+        assert torch.equal(a.grad, b.grad)  # unique maxima: the same gradient
+    # after ReLU, tied zeros: amax splits the gradient, max-pooling gives it to one entry;
+    # ReLU's backward then zeroes both (what Conv4 computes: conv, BN, ReLU, pool)
+    x = torch.tensor([[[[-1.0, -2.0], [0.5, -3.0]], [[-1.0, -2.0], [-0.5, -3.0]]]])
+    grads = []
+    for pool in (lambda t: amax_pool2(t), lambda t: F.max_pool2d(t, 2)):
+        t = x.clone().requires_grad_(True)
+        pool(F.relu(t)).sum().backward()
+        grads.append(t.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+def write_episode(root, sx, sy, qx) -> tuple:
+    support, query = root / "support", root / "query"
+    for i, (img, lab) in enumerate(zip(sx, sy.tolist())):
+        d = support / f"class{lab}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[0] * 255).round().byte().numpy()).save(d / f"{i:03d}.png")
+    query.mkdir()
+    for j, img in enumerate(qx):
+        Image.fromarray((img[0] * 255).round().byte().numpy()).save(query / f"{j:03d}.png")
+    return support, query
+
+
+def test_cli_export_executorch_and_adapt(tmp_path, capsys) -> None:
+    learner = learner_for("maml", True)
+    mpz = save_mpz(tmp_path / "m.mpz", mpz_from_learner(learner))
+    pte = tmp_path / "m.pte"
+    assert main(["export-executorch", str(mpz), "--out", str(pte), "--k-shot", str(K_SHOT),
+                 "--max-queries", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "ExecuTorch vs PyTorch runtime" in out and "same predicted classes" in out
+    sx, sy, qx = episode()
+    support, query = write_episode(tmp_path, sx, sy, qx)
+    runs = {}
+    for runtime, model in (("torch", mpz), ("executorch", pte)):
+        assert main(["adapt", "--runtime", runtime, str(model), "--support", str(support),
+                     "--query", str(query), "--json"]) == 0
+        runs[runtime] = json.loads(capsys.readouterr().out)
+    a, b = runs["torch"], runs["executorch"]
+    assert a.keys() == b.keys() and a["classes"] == b["classes"] and a["adaptation"] == \
+        b["adaptation"]
+    assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
+    assert [p["file"] for p in a["predictions"]] == [p["file"] for p in b["predictions"]]
+    assert np.allclose([p["probability"] for p in a["predictions"]],
+                       [p["probability"] for p in b["predictions"]], atol=1e-4)
+    # the text output has the same table
+    assert main(["adapt", "--runtime", "executorch", str(pte), "--support", str(support),
+                 "--query", str(query)]) == 0
+    assert "masked SGD step(s)" in capsys.readouterr().out
+
+    # bad input: each error (exit code 1, one line on stderr) names the file or flag
+    def fails(argv: list[str], pattern: str) -> None:
+        assert main(argv) != 0
+        assert re.search(pattern, capsys.readouterr().err), pattern
+
+    fails(["adapt", "--runtime", "executorch", str(mpz), "--support", str(support), "--query",
+           str(query)], r"m\.mpz' is not an ExecuTorch program")
+    fails(["adapt", str(pte), "--support", str(support), "--query", str(query)],
+          r"m\.pte' is an ExecuTorch program.*--runtime executorch")
+    fails(["export-executorch", str(pte), "--out", str(tmp_path / "x.pte")],
+          r"m\.pte' is not a readable \.mpz")
+    fails(["adapt", "--runtime", "executorch", str(pte), "--support", str(support), "--query",
+           str(query), "--bn", "batch"], "--bn support only")
+    one_shot = tmp_path / "one"
+    for d in sorted(support.iterdir()):
+        (one_shot / d.name).mkdir(parents=True)
+        f = sorted(d.iterdir())[0]
+        (one_shot / d.name / f.name).write_bytes(f.read_bytes())
+    fails(["adapt", "--runtime", "executorch", str(pte), "--support", str(one_shot), "--query",
+           str(query)], r"m\.pte' was exported for 5-way 2-shot.*--k-shot")
