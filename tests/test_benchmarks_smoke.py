@@ -351,6 +351,17 @@ def test_make_readme_pages() -> None:
 
         page = make_readme.render()
         assert page.startswith("# Benchmarks") and "## Results: accuracy vs sparsity" in page
+        # a table of contents whose every entry is a heading of the page; settings grouped
+        contents = page.split("## Contents\n", 1)[1].split("\n\n## ", 2)[0]
+        anchors = {make_readme.anchor(h) for h in
+                   (line.lstrip("#").strip() for line in page.splitlines()
+                    if line.startswith(("## ", "### ")))}
+        entries = [line.split("](#")[1].rstrip(")") for line in contents.splitlines()
+                   if "](#" in line]
+        assert entries and set(entries) <= anchors
+        settings = [line for line in page.splitlines() if line.startswith("### Setting ")]
+        assert len(settings) == len(set(settings)) and "### Setting A" in settings
+        assert "met by the CI only" not in page
         for templated in make_readme.TEMPLATED_PAGES:
             assert "{{" not in make_readme.render_templated(templated)
     finally:
