@@ -3,7 +3,8 @@
 A placeholder is ``{{STEM FILTER... | FORMAT}}``:
 
 - ``STEM`` names ``benchmarks/results/STEM.csv``;
-- each ``FILTER`` is ``column=value`` (shell quoting for spaces; ``column=a,b`` matches either);
+- each ``FILTER`` is ``column=value`` (shell quoting for spaces; ``column=a,b`` matches either,
+  unless a row's value is ``a,b`` itself);
 - ``FORMAT`` is text with ``{EXPR}`` or ``{EXPR:SPEC}`` fields (``SPEC`` as in Python's
   ``format``), where ``EXPR`` is a Python expression over the selected row's columns (names
   with other characters than letters, digits and ``_`` have them replaced by ``_``). Where
@@ -76,14 +77,15 @@ def _value(text: str) -> float | str:
 
 def select(stem: str, filters: list[str], results: Path = RESULTS) -> list[dict[str, str]]:
     """The rows of ``stem``.csv that match every ``column=value`` filter."""
+    rows = rows_of(stem, results)
     wanted = []
     for f in filters:
         column, _, value = f.partition("=")
-        wanted.append((column, set(value.split(","))))
-    rows = rows_of(stem, results)
-    for column, _ in wanted:
         if rows and column not in rows[0]:
             raise TemplateError(f"{stem}.csv has no column {column!r}")
+        # "a,b": either, unless a row holds the whole text (labels with commas)
+        exact = any(r[column] == value for r in rows)
+        wanted.append((column, {value} if exact else set(value.split(","))))
     found = [r for r in rows if all(r[c] in values for c, values in wanted)]
     if not found:
         raise TemplateError(f"no row of {stem}.csv matches {' '.join(filters)}")

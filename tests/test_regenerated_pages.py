@@ -43,10 +43,22 @@ def test_templated_pages_are_their_regeneration(make_readme) -> None:
             "and run python benchmarks/make_readme.py")
 
 
+def test_templated_blocks_are_their_regeneration(make_readme) -> None:
+    """The generated blocks of docs/pruning.md (its out-of-the-box results)."""
+    assert make_readme.TEMPLATED_BLOCKS
+    for page, blocks in make_readme.TEMPLATED_BLOCKS.items():
+        committed = page.read_text()
+        assert all(start in committed and end in committed for start, end, _ in blocks)
+        assert committed == make_readme.render_blocks(page, committed), (
+            f"{page.relative_to(ROOT)} differs from its regeneration: edit the template and run "
+            "python benchmarks/make_readme.py")
+
+
 def test_templates_write_no_number_by_hand(make_readme) -> None:
     import page_template
 
-    for template in make_readme.TEMPLATED_PAGES.values():
+    templates = [t for blocks in make_readme.TEMPLATED_BLOCKS.values() for _, _, t in blocks]
+    for template in [*make_readme.TEMPLATED_PAGES.values(), *templates]:
         stray = page_template.stray_numbers(template.read_text())
         assert not stray, f"{template.relative_to(ROOT)} copies numbers by hand: {stray}"
 
