@@ -1,4 +1,5 @@
-"""Run under ``torchrun --nproc-per-node N tests/dist_scenarios.py OUT`` (any N, 1 included) by
+"""Run under ``torchrun --nproc-per-node N tests/dist_scenarios.py OUT`` (any N; ``main(OUT)`` in
+the test process is world size 1) by
 tests/test_distributed.py: every rank writes ``OUT/rank{r}.safetensors`` with the results of
 the same work split over the N ranks, so the test can compare world sizes and ranks."""
 

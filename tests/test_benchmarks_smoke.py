@@ -192,7 +192,7 @@ def tiny_config(tmp_path) -> Path:
 
 
 def test_determinism(tmp_path) -> None:
-    run_script("determinism", "--iterations", "2", "--meta-batch", "2", "--threads", "1,2",
+    run_script("determinism", "--iterations", "2", "--meta-batch", "2", "--threads", "1,1",
                "--name", "smoke_det", "--results-dir", str(tmp_path), *GLYPHS)
     got = rows(tmp_path / "smoke_det.csv")
     assert [r["run"] for r in got] == ["reference", "again", "killed after 1, resumed",

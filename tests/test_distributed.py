@@ -51,7 +51,11 @@ def test_shard_range_splits_every_index_once_in_order() -> None:
 
 
 def test_two_ranks_train_evaluate_and_prune_exactly_as_one(tmp_path) -> None:
-    one = _torchrun(1, tmp_path / "w1")[0]
+    import dist_scenarios  # the same scenarios in this process: world size 1, no launcher
+
+    (tmp_path / "w1").mkdir()
+    dist_scenarios.main(str(tmp_path / "w1"))
+    one = load_file(tmp_path / "w1" / "rank0.safetensors")
     two = _torchrun(2, tmp_path / "w2")
     assert set(one) == set(two[0]) == set(two[1])
     learners = {k.split(".")[1] for k in one if k.startswith("train.")}

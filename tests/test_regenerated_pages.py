@@ -85,3 +85,11 @@ def test_verdict_meets_a_target_only_with_the_whole_ci(make_readme, diff, ci, wo
     import page_template
 
     assert page_template.verdict(diff, ci, 1.0) == word
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = ci.split("# --- README test command (keep identical to README.md) ---\n", 1)[1]
+    command = command.strip().splitlines()[0]
+    assert "python -m pytest" in command and f"\n{command}\n" in readme
