@@ -81,6 +81,34 @@ class AmaxPool2(nn.Module):
         return amax_pool2(x, self.ceil_mode)
 
 
+class MatmulConv2d(nn.Module):
+    """A stride-1 ``nn.Conv2d`` as im2col (zero borders by concatenation, the k x k shifted
+    views stacked) + one matrix product: ExecuTorch's portable convolution kernels, forward
+    and backward, are loops about 15x slower than its matrix product on Conv4's layers.
+    Same parameters, same names (``weight``, ``bias``)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.kh, self.kw = conv.kernel_size
+        self.ph, self.pw = conv.padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if self.pw:  # F.pad's backward exports as a negative pad, which ExecuTorch refuses
+            z = x.new_zeros(n, c, h, self.pw)
+            x = torch.cat([z, x, z], dim=3)
+        if self.ph:
+            z = x.new_zeros(n, c, self.ph, x.shape[3])
+            x = torch.cat([z, x, z], dim=2)
+        ho, wo = x.shape[2] - self.kh + 1, x.shape[3] - self.kw + 1
+        cols = torch.stack([x[:, :, i:i + ho, j:j + wo] for i in range(self.kh)
+                            for j in range(self.kw)], dim=2)          # (N, C, kh*kw, Ho, Wo)
+        cols = cols.reshape(n, c * self.kh * self.kw, ho * wo).transpose(1, 2)
+        out = F.linear(cols, self.weight.reshape(self.weight.shape[0], -1), self.bias)
+        return out.transpose(1, 2).reshape(n, -1, ho, wo)
+
+
 class GlobalMean(nn.Module):
     """``nn.AdaptiveAvgPool2d(1)`` as a mean (average pooling has no backward kernel)."""
 
@@ -130,6 +158,10 @@ def exportable(model: nn.Module) -> nn.Module:
                              "with stride 2)")
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             return GlobalMean()
+        if (isinstance(m, nn.Conv2d) and m.stride == (1, 1) and m.dilation == (1, 1)
+                and m.groups == 1 and m.padding_mode == "zeros"
+                and not isinstance(m.padding, str)):
+            return MatmulConv2d(m)
         return None
 
     return _swap_modules(copy.deepcopy(model), swap)
@@ -173,43 +205,53 @@ class _Program(nn.Module):
                 h.remove()
 
 
-def adapting_tensors(dm: DeviceModel) -> tuple[list[str], list[torch.Tensor], list[torch.Tensor]]:
-    """The stored rule as (names, initial values, step sizes ``lr * mask``) of the tensors that
-    adapt: the rule's parameters, or CAVIA's zero context ("context")."""
+def adapting_tensors(dm: DeviceModel) -> tuple[list[str], list[torch.Tensor],
+                                                list[torch.Tensor], list[torch.Tensor | None]]:
+    """The stored rule as (names, initial values, learning rates, masks) of the tensors that
+    adapt: the rule's parameters, or CAVIA's zero context ("context"). A learning rate is a
+    0-dim tensor unless per weight (Meta-SGD: 0 where pruned); a mask (bool) is None for an
+    unmasked tensor. The step size of an entry is ``lr * mask``."""
     rule = dm.rule
     if rule["kind"] == "context":
-        return (["context"], [torch.zeros(rule["context_dim"])],
-                [torch.tensor(float(rule["inner_lr"]))])
+        return ["context"], [torch.zeros(rule["context_dim"])], [torch.tensor(
+            float(rule["inner_lr"]))], [None]
     if rule["kind"] != "gradient":
-        return [], [], []
+        return [], [], [], []
     params = dict(dm.model.named_parameters())
-    names, values, scales = [], [], []
+    names, values, lrs, keeps = [], [], [], []
     for n in rule["adapt"]:
-        lr = dm.lr_for(n)
-        scale = (lr.detach().clone().float() if isinstance(lr, torch.Tensor)
-                 else torch.full_like(params[n], float(lr)))
-        keep = dm.masks.get(n)
-        if keep is not None:
-            scale = torch.where(keep, scale, 0.0)
+        lr, keep = dm.lr_for(n), dm.masks.get(n)
+        if isinstance(lr, torch.Tensor):  # per weight: the mask folded in
+            lr = lr.detach().float().clone() if keep is None else torch.where(keep, lr, 0.0)
+            keep = None
         names.append(n)
         values.append(params[n].detach().clone())
-        scales.append(scale)
-    return names, values, scales
+        lrs.append(lr if isinstance(lr, torch.Tensor) else torch.tensor(float(lr)))
+        keeps.append(keep)
+    return names, values, lrs, keeps
 
 
 class AdaptLoss(_Program):
     """``(support_x, support_y) -> (cross-entropy,)`` with the adapting tensors as the only
-    trainable parameters (``p0``, ``p1``, ...), their gradients scaled by ``lr * mask``."""
+    trainable parameters (``p0``, ``p1``, ...), their gradients scaled by ``lr * mask``
+    (buffers ``lr{i}``, ``keep{i}``: a mask costs 1 byte per weight in the program)."""
 
     def __init__(self, dm: DeviceModel):
-        names, values, scales = adapting_tensors(dm)
+        names, values, lrs, keeps = adapting_tensors(dm)
         super().__init__(dm, exportable(dm.model).requires_grad_(False), names)
-        for i, (v, s) in enumerate(zip(values, scales)):
+        self.masked = [k is not None for k in keeps]
+        for i, (v, lr, keep) in enumerate(zip(values, lrs, keeps)):
             setattr(self, f"p{i}", nn.Parameter(v))
-            self.register_buffer(f"s{i}", s)
+            self.register_buffer(f"lr{i}", lr)
+            if keep is not None:
+                self.register_buffer(f"keep{i}", keep.clone())
+
+    def step_size(self, i: int) -> torch.Tensor:
+        lr = getattr(self, f"lr{i}")
+        return getattr(self, f"keep{i}").to(lr.dtype) * lr if self.masked[i] else lr
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
-        adapted = [_rescaled(getattr(self, f"p{i}"), getattr(self, f"s{i}"))
+        adapted = [_rescaled(getattr(self, f"p{i}"), self.step_size(i))
                    for i in range(len(self.names))]
         return (F.cross_entropy(self.run(x, adapted), y),)
 
@@ -220,7 +262,12 @@ class Predict(_Program):
 
     def __init__(self, dm: DeviceModel, n_support: int, n_way: int):
         net = support_stats_batchnorm(exportable(dm.model).requires_grad_(False), n_support)
-        super().__init__(dm, net, adapting_tensors(dm)[0])
+        names = adapting_tensors(dm)[0]
+        for n in names if dm.rule["kind"] == "gradient" else []:
+            # inputs of this method: the stored copy would be dead weight in the program
+            parent, _, leaf = n.rpartition(".")
+            setattr(net.get_submodule(parent), leaf, nn.Parameter(torch.empty(0), False))
+        super().__init__(dm, net, names)
         self.n_support, self.n_way = n_support, n_way
 
     def forward(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
@@ -276,7 +323,7 @@ def build_program(dm: DeviceModel, k_shot: int = 1, max_queries: int = DEFAULT_M
     sx = torch.rand(n_support, *shape, generator=g)
     sy = torch.arange(n_way).repeat_interleave(k_shot)
     qx = torch.rand(2, *shape, generator=g)
-    names, adapted, _ = adapting_tensors(dm)
+    names, adapted, _, _ = adapting_tensors(dm)
     methods = {}
     with _quiet(quiet):
         try:
