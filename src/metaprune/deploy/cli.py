@@ -163,13 +163,16 @@ def cmd_export_episode(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     import time
 
-    from .executorch_runtime import ExecuTorchModel, is_pte
+    import torch
+
+    from .executorch_runtime import ExecuTorchModel, is_pte, set_threads
     from .runtime import DeviceModel
 
     if args.runtime == "executorch":
         if args.bn != "support":
             raise ValueError("--runtime executorch predicts with --bn support only")
         dm = ExecuTorchModel.load(args.model)
+        set_threads(torch.get_num_threads())  # the same thread count as torch's (--threads)
     else:
         path = Path(args.model)
         if path.is_file():

@@ -16,8 +16,10 @@ device-side modules of this package (nothing from the training stack).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,6 @@ def is_pte(head: bytes) -> bool:
 def _executorch() -> tuple[Any, Any, Any]:
     """(load-from-buffer, TrainingModule, get_sgd_optimizer) of the installed executorch."""
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from executorch.extension.pybindings.portable_lib import (
@@ -56,6 +56,14 @@ def _executorch() -> tuple[Any, Any, Any]:
         raise ValueError("the ExecuTorch runtime needs the 'executorch' package: pip install "
                          "'metaprune[executorch]'") from e
     return _load_for_executorch_from_buffer, TrainingModule, get_sgd_optimizer
+
+
+def set_threads(n: int) -> None:
+    """Threads of ExecuTorch's CPU thread pool (its kernels'; torch's are set apart)."""
+    with contextlib.suppress(ImportError):
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(int(n))
 
 
 class ExecuTorchAdapted(AdaptedModel):
@@ -112,7 +120,9 @@ class ExecuTorchModel:
         self.rule = dict(self.meta["rule"])
         self.channels, self.size = self.meta["input"]["channels"], self.meta["input"]["size"]
         self.loss_method = self.meta["methods"]["loss"]
-        self.training = training_module(self.module)
+        with warnings.catch_warnings():  # "experimental API" on every construction
+            warnings.simplefilter("ignore")
+            self.training = training_module(self.module)
         self._initial: dict[str, torch.Tensor] | None = None
         self._sgd = None
 
@@ -140,7 +150,9 @@ class ExecuTorchModel:
             self.training.forward_backward(self.loss_method, (x, y))
             params = self.training.named_parameters()
             self._initial = {n: p.clone() for n, p in params.items()}
-            self._sgd = self._sgd_factory(params, float(self.meta["sgd_lr"]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._sgd = self._sgd_factory(params, float(self.meta["sgd_lr"]))
         params = self.training.named_parameters()
         for n, p in params.items():
             p.copy_(self._initial[n])

@@ -1,0 +1,225 @@
+"""ExecuTorch report (issue 22): the .pte program of each model next to its .mpz, and the
+ExecuTorch runtime against the PyTorch device runtime on the same episodes.
+
+For every model (a checkpoint; exported here to .mpz, then to .pte with ``build_program``):
+bytes of the .pte, the .mpz, dense float32 and the information limit; agreement on fixed test
+episodes (the same predicted class for every query, both runtimes adapting with the stored
+rule and predicting with support-statistics BatchNorm; largest difference of adapted weights
+and of logits; accuracy of each); adaptation wall time (the rule's k steps, median) in each
+runtime at the same thread count; peak memory in fresh processes (increase of the resident
+set's high-water mark, VmHWM reset via /proc/self/clear_refs): of loading the model and
+adapting once, and of one adaptation after a warm-up.
+
+    python benchmarks/executorch_report.py --model dense=runs/omni/model \\
+        --model anp85=runs/omni_anp/round09 --dataset omniglot --option image_size=28 \\
+        --option rotations=true [--tasks 100] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _report
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def load_runtime(runtime: str, path: str):
+    if runtime == "executorch":
+        from metaprune.deploy.executorch_runtime import ExecuTorchModel, set_threads
+
+        set_threads(torch.get_num_threads())
+        return ExecuTorchModel.load(path)
+    from metaprune.deploy.runtime import DeviceModel
+
+    return DeviceModel.load(path)
+
+
+def memprobe(runtime: str, path: str, n_way: int, k_shot: int, channels: int,
+             size: int) -> dict:
+    """In a fresh process: peak memory of loading + one adaptation, and of one adaptation
+    after a warm-up (everything imported first, so neither counts the libraries)."""
+    if runtime == "executorch":
+        import executorch.extension.training  # noqa: F401  (import cost is not the model's)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n_way * k_shot, channels, size, size, generator=g)
+    y = torch.arange(n_way).repeat_interleave(k_shot)
+    gc.collect()
+    base = rss_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")   # reset VmHWM to the current RSS
+    model = load_runtime(runtime, path)
+    model.adapt(x, y)
+    load_adapt = rss_kb("VmHWM") - base
+    gc.collect()
+    base = rss_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    model.adapt(x, y)
+    return {"load_adapt_kb": load_adapt, "adapt_kb": rss_kb("VmHWM") - base}
+
+
+def median_ms(fn, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(ts)
+
+
+def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
+    from metaprune.checkpoint import load_checkpoint
+    from metaprune.data.registry import get_dataset
+    from metaprune.data.tasks import TaskSampler
+    from metaprune.deploy.executorch_export import export_executorch
+    from metaprune.deploy.format import mpz_from_learner, save_mpz, size_report
+
+    ck = load_checkpoint(ckpt, with_optimizer=False)
+    mpz = save_mpz(tmp / f"{name}.mpz", mpz_from_learner(ck.learner))
+    t0 = time.perf_counter()
+    pte = export_executorch(mpz, tmp / f"{name}.pte", k_shot=args.k_shot,
+                            max_queries=args.n_way * args.queries)
+    export_s = time.perf_counter() - t0
+    rep = size_report(mpz)
+    dm, em = load_runtime("torch", str(mpz)), load_runtime("executorch", str(pte))
+    ds = get_dataset(args.dataset, args.split, args.root, **args.options)
+    sampler = TaskSampler(ds, args.n_way, args.k_shot, args.queries, seed=args.seed)
+    same_tasks = same_queries = queries = 0
+    max_w = max_logit = 0.0
+    acc_t, acc_e = [], []
+    for i in range(args.tasks):
+        t = sampler.task(i)
+        a, b = dm.adapt(t.support_x, t.support_y), em.adapt(t.support_x, t.support_y)
+        for n, p in b.params.items():
+            max_w = max(max_w, (p - a.params[n]).abs().max().item())
+            keep = dm.masks.get(n)
+            if keep is not None and not bool((p[~keep] == 0).all()):
+                raise AssertionError(f"{name}: a pruned weight of {n} moved in ExecuTorch")
+        la, lb = a.logits(t.query_x), b.logits(t.query_x)
+        pa, pb = la.argmax(1), lb.argmax(1)
+        max_logit = max(max_logit, (la - lb).abs().max().item())
+        same_tasks += bool(torch.equal(pa, pb))
+        same_queries += int((pa == pb).sum())
+        queries += len(pa)
+        acc_t.append((pa == t.query_y).float().mean().item())
+        acc_e.append((pb == t.query_y).float().mean().item())
+    t = sampler.task(0)
+    ms_t = median_ms(lambda: dm.adapt(t.support_x, t.support_y), args.reps)
+    ms_e = median_ms(lambda: em.adapt(t.support_x, t.support_y), args.reps)
+    pred_t = median_ms(lambda: a.logits(t.query_x), args.reps)
+    pred_e = median_ms(lambda: b.logits(t.query_x), args.reps)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MALLOC_MMAP_THRESHOLD_": "65536",
+           "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": str(args.threads)}
+    mem = {}
+    for runtime, path in (("torch", mpz), ("executorch", pte)):
+        probes = []
+        for _ in range(args.mem_reps):
+            out = subprocess.run([sys.executable, __file__, "--memprobe", runtime, str(path),
+                                  "--n-way", str(args.n_way), "--k-shot", str(args.k_shot),
+                                  "--threads", str(args.threads), "--channels",
+                                  str(dm.channels), "--size", str(dm.size)],
+                                 capture_output=True, text=True, timeout=600, env=env)
+            if out.returncode:
+                raise RuntimeError(f"memory probe failed ({name}, {runtime}): "
+                                   f"{out.stderr[-2000:]}")
+            probes.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        mem[runtime] = {k: statistics.median(p[k] for p in probes) for k in probes[0]}
+    n = args.tasks
+    return {"model": name, "checkpoint": ckpt, "learner": dm.rule["learner"],
+            "steps": dm.rule["steps"], "pte_bytes": pte.stat().st_size,
+            "mpz_bytes": rep.compact_bytes, "dense_bytes": rep.dense_bytes,
+            "limit_bytes": rep.limit_bytes, "export_s": round(export_s, 1),
+            "tasks": n, "tasks_same_classes": same_tasks,
+            "queries_same_class": f"{same_queries}/{queries}",
+            "max_weight_diff": f"{max_w:.1e}", "max_logit_diff": f"{max_logit:.1e}",
+            "acc_torch": round(100 * statistics.mean(acc_t), 2),
+            "acc_executorch": round(100 * statistics.mean(acc_e), 2),
+            "adapt_ms_torch": round(ms_t, 1), "adapt_ms_executorch": round(ms_e, 1),
+            "adapt_time_ratio": round(ms_e / ms_t, 2),
+            "predict_ms_torch": round(pred_t, 1), "predict_ms_executorch": round(pred_e, 1),
+            "load_adapt_peak_kib_torch": mem["torch"]["load_adapt_kb"],
+            "load_adapt_peak_kib_executorch": mem["executorch"]["load_adapt_kb"],
+            "adapt_peak_kib_torch": mem["torch"]["adapt_kb"],
+            "adapt_peak_kib_executorch": mem["executorch"]["adapt_kb"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
+    ap.add_argument("--dataset", default="omniglot")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--root", help="data folder (default: $METAPRUNE_DATA)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="dataset option, e.g. --option image_size=28 (repeatable)")
+    ap.add_argument("--n-way", type=int, default=5)
+    ap.add_argument("--k-shot", type=int, default=1)
+    ap.add_argument("--queries", type=int, default=15, help="query images per class")
+    ap.add_argument("--tasks", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=12345, help="task seed (the eval seed)")
+    ap.add_argument("--reps", type=int, default=15, help="timed repetitions")
+    ap.add_argument("--mem-reps", type=int, default=3, help="memory probes per runtime")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(_report.RESULTS / "executorch_report"))
+    ap.add_argument("--memprobe", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--channels", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, default=28, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memprobe:
+        print(json.dumps(memprobe(*args.memprobe, args.n_way, args.k_shot, args.channels,
+                                  args.size)))
+        return 0
+    if not args.model:
+        ap.error("give at least one --model NAME=CHECKPOINT")
+    from metaprune.config import parse_key_value
+
+    args.options = dict(parse_key_value(o, "--option") for o in args.option)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.model:
+            name, sep, ckpt = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--model '{spec}': expected NAME=CHECKPOINT")
+            t0 = time.time()
+            rows.append(measure(name, ckpt, args, Path(tmp)))
+            print(f"{name}: done in {time.time() - t0:.0f}s", file=sys.stderr)
+    import executorch.version
+
+    notes = (f"- {args.tasks} fixed {args.dataset}/{args.split} episodes, {args.n_way}-way "
+             f"{args.k_shot}-shot, {args.queries} queries per class, task seed {args.seed}; "
+             "both runtimes adapt with the stored rule and predict with support-statistics "
+             "BatchNorm; tasks_same_classes = episodes in which every query gets the same "
+             "class from both\n"
+             f"- executorch {executorch.version.__version__}, {args.threads} thread(s) in both "
+             f"runtimes (torch.set_num_threads, ExecuTorch's thread pool); times: median of "
+             f"{args.reps} runs on episode 0 (adapt = the rule's steps; predict = all "
+             f"{args.n_way * args.queries} queries)\n"
+             f"- peak memory: median of {args.mem_reps} fresh processes, increase of VmHWM "
+             "over the resident set after the imports: load_adapt = loading the model file "
+             "and adapting once (ExecuTorch plans and allocates its memory when it loads a "
+             "method), adapt = one adaptation after that")
+    _report.write_results(Path(args.out), "ExecuTorch runtime vs PyTorch runtime", notes, rows)
+    print(Path(args.out).with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
