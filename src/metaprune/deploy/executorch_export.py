@@ -27,8 +27,10 @@ The program has these methods (names in :mod:`metaprune.deploy.executorch_runtim
 Workarounds for the ExecuTorch kernels (executorch 1.4): max-pooling's backward gives wrong
 gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as a reshape + ``amax``
 (:class:`AmaxPool2`, same values; the same gradient wherever a window's maximum is unique,
-tested against eager); global average pooling is exported as a mean. BatchNorm keeps its
-training-mode (batch-statistics) form in ``adapt_loss``, as the backbones use it.
+tested against eager); stride-1 convolutions as im2col + one matrix product
+(:class:`MatmulConv2d`: ExecuTorch's portable convolution kernels, forward and backward, are
+about 15x slower); global average pooling as a mean. BatchNorm keeps its training-mode
+(batch-statistics) form in ``adapt_loss``, as the backbones use it.
 
 The program is static in the support set's shape (``n_way x k_shot`` images of the model's
 input size): export one program per shot count (``--k-shot``).
@@ -60,16 +62,30 @@ DEFAULT_MAX_QUERIES = 128
 
 
 # ---- ExecuTorch-friendly layers ---------------------------------------------------------------
-def amax_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as a reshape + ``amax`` over each 2x2 window
-    (ExecuTorch's max-pool backward is wrong; ``amax``'s is right)."""
+def amax_pool2(x: torch.Tensor, ceil_mode: bool = False, first_max: bool = True
+               ) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as a reshape of the 2x2 windows and a
+    reduction over each (ExecuTorch's max-pool backward is wrong). ``first_max``: the first
+    maximal entry by ``argmax`` + ``gather``, with max-pooling's gradient also at ties;
+    otherwise ``amax``."""
     h, w = x.shape[-2:]
-    if ceil_mode:  # an odd last row / column is a window of its own
-        x = F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+    if ceil_mode:  # an odd last row / column is a window of its own (-inf borders by
+        # concatenation: F.pad's backward exports as a negative pad, which ExecuTorch refuses)
+        if w % 2:
+            x = torch.cat([x, x.new_full((*x.shape[:-1], 1), float("-inf"))], dim=-1)
+        if h % 2:
+            x = torch.cat([x, x.new_full((*x.shape[:-2], 1, x.shape[-1]), float("-inf"))],
+                          dim=-2)
     else:
         x = x[..., : h - h % 2, : w - w % 2]
     h2, w2 = x.shape[-2] // 2, x.shape[-1] // 2
-    return x.reshape(*x.shape[:-2], h2, 2, w2, 2).amax(dim=(-3, -1))
+    windows = x.reshape(*x.shape[:-2], h2, 2, w2, 2).transpose(-3, -2).reshape(
+        *x.shape[:-2], h2, w2, 4)                      # each window's entries in row-major order
+    if not first_max:
+        return windows.amax(dim=-1)
+    # the first maximum of each window by gather: its backward gives the whole gradient to that
+    # entry, as max-pooling's does (amax would share it among tied entries)
+    return windows.gather(-1, windows.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
 class AmaxPool2(nn.Module):

@@ -100,8 +100,8 @@ class ExecuTorchModel:
             raise ValueError(f"'{source}' is not an ExecuTorch program (.pte); write one with "
                              "'metaprune export-executorch MODEL.mpz --out MODEL.pte'")
         load, training_module, self._sgd_factory = _executorch()
-        # ExecuTorch runs on this buffer without copying it, and its optimiser writes the
-        # adapted parameters into it: a private copy, referenced as long as the module lives
+        # ExecuTorch reads the program from this buffer without copying it (a freed buffer
+        # crashes it): a private copy, referenced as long as the module lives
         self._data = bytes(bytearray(data))
         try:
             self.module = load(self._data)
