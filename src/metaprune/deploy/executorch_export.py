@@ -25,9 +25,9 @@ The program has these methods (names in :mod:`metaprune.deploy.executorch_runtim
   but the ``.pte``.
 
 Workarounds for the ExecuTorch kernels (executorch 1.4): max-pooling's backward gives wrong
-gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as a reshape + ``amax``
-(:class:`AmaxPool2`, same values; the same gradient wherever a window's maximum is unique,
-tested against eager); stride-1 convolutions as im2col + one matrix product
+gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as a reshape of the
+windows + ``argmax`` + ``gather`` (:class:`AmaxPool2`: same values, and max-pooling's gradient,
+ties included, tested against eager); stride-1 convolutions as im2col + one matrix product
 (:class:`MatmulConv2d`: ExecuTorch's portable convolution kernels, forward and backward, are
 about 15x slower); global average pooling as a mean. BatchNorm keeps its training-mode
 (batch-statistics) form in ``adapt_loss``, as the backbones use it.
