@@ -49,6 +49,57 @@ def command_line() -> str:
     return "python " + shlex.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
+def rss_kb(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def median_seconds(fn, reps: int, warmup: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``reps`` calls after ``warmup`` untimed ones."""
+    import statistics
+    import time
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def add_model_and_episode_options(ap, dataset: str) -> None:
+    """The device-side reports' common flags: models to measure and where episodes come from."""
+    ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
+    ap.add_argument("--dataset", default=dataset)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--root", help="data folder (default: $METAPRUNE_DATA)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="dataset option, e.g. --option image_size=28 (repeatable)")
+
+
+def measure_models(specs: list[str], measure, args) -> list[dict]:
+    """One row per ``--model NAME=CHECKPOINT``: ``measure(name, checkpoint, args, tmp_dir)``,
+    with a shared temporary folder and a line on stderr per model."""
+    import tempfile
+    import time
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in specs:
+            name, sep, ckpt = spec.partition("=")
+            if not sep:
+                raise ValueError(f"--model '{spec}': expected NAME=CHECKPOINT")
+            t0 = time.time()
+            rows.append(measure(name, ckpt, args, Path(tmp)))
+            print(f"{name}: done in {time.time() - t0:.0f}s", file=sys.stderr)
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     from metaprune.io import atomic_write_text
 

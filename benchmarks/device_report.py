@@ -26,8 +26,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -36,13 +34,6 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def memprobe(mpz: str, n_way: int, k_shot: int, seed: int) -> dict:
@@ -56,14 +47,15 @@ def memprobe(mpz: str, n_way: int, k_shot: int, seed: int) -> dict:
     first = torch.arange(n_way) * k_shot
     dm.adapt(x[first], y[first], steps=1)  # warm-up: lazy initialisations, thread pools
     gc.collect()
-    base = _rss_kb("VmRSS")
+    base = _report.rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")   # reset VmHWM to the current RSS
     tracemalloc.start()
     a = dm.adapt(x, y)
     a.inference_module()
     _, py_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"rss_peak_delta_kb": _rss_kb("VmHWM") - base, "tracemalloc_peak_kb": py_peak / 1024,
+    return {"rss_peak_delta_kb": _report.rss_kb("VmHWM") - base,
+            "tracemalloc_peak_kb": py_peak / 1024,
             "rss_base_kb": base}
 
 
@@ -87,17 +79,6 @@ def flops(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
     for h in hooks:
         h.remove()
     return dense, nonzero
-
-
-def median_time(fn, reps: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -127,11 +108,11 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     ci = 196 * statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
     # timings on one task
     t = sampler.task(0)
-    adapt_s = median_time(lambda: dm.adapt(t.support_x, t.support_y), args.reps_adapt)
+    adapt_s = _report.median_seconds(lambda: dm.adapt(t.support_x, t.support_y), args.reps_adapt)
     net = dm.adapt(t.support_x, t.support_y).inference_module()
     one = t.query_x[:1]
     with torch.no_grad():
-        latency_s = median_time(lambda: net(one), args.reps_infer, warmup=20)
+        latency_s = _report.median_seconds(lambda: net(one), args.reps_infer, warmup=20)
     # peak memory in fresh processes (median of --mem-reps). Buffers above 64 KiB are mmapped
     # and returned on free (glibc tunables), so the resident high-water mark follows the live
     # tensors instead of the allocator's cached free lists.
@@ -169,12 +150,7 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
-    ap.add_argument("--dataset", default="glyphs")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--root", help="data folder (default: $METAPRUNE_DATA)")
-    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="dataset option, e.g. --option image_size=28 (repeatable)")
+    _report.add_model_and_episode_options(ap, dataset="glyphs")
     ap.add_argument("--note", action="append", default=[],
                     help="sentence for the md's Notes section (repeatable)")
     ap.add_argument("--n-way", type=int, default=5)
@@ -201,15 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model:
         ap.error("give at least one --model NAME=CHECKPOINT")
 
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.model:
-            name, sep, ckpt = spec.partition("=")
-            if not sep:
-                raise ValueError(f"--model '{spec}': expected NAME=CHECKPOINT")
-            t0 = time.time()
-            rows.append(measure(name, ckpt, args, Path(tmp)))
-            print(f"{name}: done in {time.time() - t0:.0f}s", file=sys.stderr)
+    rows = _report.measure_models(args.model, measure, args)
     base = rows[0]
     for r in rows:
         r["latency_vs_first"] = round(r["latency_ms_b1"] / base["latency_ms_b1"], 3)

@@ -24,7 +24,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,13 +31,6 @@ import _report
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def load_runtime(runtime: str, path: str):
@@ -62,27 +54,16 @@ def memprobe(runtime: str, path: str, n_way: int, k_shot: int, channels: int,
     x = torch.rand(n_way * k_shot, channels, size, size, generator=g)
     y = torch.arange(n_way).repeat_interleave(k_shot)
     gc.collect()
-    base = rss_kb("VmRSS")
+    base = _report.rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")   # reset VmHWM to the current RSS
     model = load_runtime(runtime, path)
     model.adapt(x, y)
-    load_adapt = rss_kb("VmHWM") - base
+    load_adapt = _report.rss_kb("VmHWM") - base
     gc.collect()
-    base = rss_kb("VmRSS")
+    base = _report.rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     model.adapt(x, y)
-    return {"load_adapt_kb": load_adapt, "adapt_kb": rss_kb("VmHWM") - base}
-
-
-def median_ms(fn, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
+    return {"load_adapt_kb": load_adapt, "adapt_kb": _report.rss_kb("VmHWM") - base}
 
 
 def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -122,10 +103,14 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
         acc_t.append((pa == t.query_y).float().mean().item())
         acc_e.append((pb == t.query_y).float().mean().item())
     t = sampler.task(0)
-    ms_t = median_ms(lambda: dm.adapt(t.support_x, t.support_y), args.reps)
-    ms_e = median_ms(lambda: em.adapt(t.support_x, t.support_y), args.reps)
-    pred_t = median_ms(lambda: a.logits(t.query_x), args.reps)
-    pred_e = median_ms(lambda: b.logits(t.query_x), args.reps)
+
+    def median_ms(fn) -> float:
+        return 1000 * _report.median_seconds(fn, args.reps, warmup=2)
+
+    ms_t = median_ms(lambda: dm.adapt(t.support_x, t.support_y))
+    ms_e = median_ms(lambda: em.adapt(t.support_x, t.support_y))
+    pred_t = median_ms(lambda: a.logits(t.query_x))
+    pred_e = median_ms(lambda: b.logits(t.query_x))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MALLOC_MMAP_THRESHOLD_": "65536",
            "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": str(args.threads)}
     mem = {}
@@ -163,12 +148,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", default=[], metavar="NAME=CHECKPOINT")
-    ap.add_argument("--dataset", default="omniglot")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--root", help="data folder (default: $METAPRUNE_DATA)")
-    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="dataset option, e.g. --option image_size=28 (repeatable)")
+    _report.add_model_and_episode_options(ap, dataset="omniglot")
     ap.add_argument("--n-way", type=int, default=5)
     ap.add_argument("--k-shot", type=int, default=1)
     ap.add_argument("--queries", type=int, default=15, help="query images per class")
@@ -192,15 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from metaprune.config import parse_key_value
 
     args.options = dict(parse_key_value(o, "--option") for o in args.option)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.model:
-            name, sep, ckpt = spec.partition("=")
-            if not sep:
-                raise ValueError(f"--model '{spec}': expected NAME=CHECKPOINT")
-            t0 = time.time()
-            rows.append(measure(name, ckpt, args, Path(tmp)))
-            print(f"{name}: done in {time.time() - t0:.0f}s", file=sys.stderr)
+    rows = _report.measure_models(args.model, measure, args)
     import executorch.version
 
     notes = (f"- {args.tasks} fixed {args.dataset}/{args.split} episodes, {args.n_way}-way "
