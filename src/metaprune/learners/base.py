@@ -33,15 +33,6 @@ def prefixed(prefix: str, params: Mapping[str, nn.Parameter]) -> dict[str, nn.Pa
     return {f"{prefix}.{k}": p for k, p in params.items()}
 
 
-def load_prefixed(prefix: str, params: Mapping[str, nn.Parameter],
-                  state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state[prefix.name]`` into each of ``params`` that it holds (``load_extra_state``)."""
-    with torch.no_grad():
-        for k, p in params.items():
-            if f"{prefix}.{k}" in state:
-                p.copy_(state[f"{prefix}.{k}"])
-
-
 @dataclass
 class Adapted:
     """The result of adapting to a task: fast weights (and, for metric learners, prototypes)."""
@@ -81,9 +72,15 @@ class Learner:
         """Current meta-parameters of the model (live tensors, requires_grad)."""
         return dict(self.model.named_parameters())
 
+    def owned_parameters(self) -> dict[str, nn.Parameter]:
+        """Learner-owned meta-parameters (Meta-SGD's rates, CAVIA's FiLM) as ``prefix.name``
+        (see ``prefixed``): meta-trained, saved with the checkpoint, never pruned."""
+        return {}
+
     def meta_parameters(self) -> dict[str, nn.Parameter]:
         """Everything the outer loop optimises (model parameters plus learner extras)."""
-        return {f"model.{n}": p for n, p in self.model.named_parameters()}
+        return {**{f"model.{n}": p for n, p in self.model.named_parameters()},
+                **self.owned_parameters()}
 
     def set_masks(self, masks: Mapping[str, torch.Tensor] | None) -> None:
         masks = dict(masks or {})
@@ -269,8 +266,12 @@ class Learner:
                 "first_order": self.first_order}
 
     def extra_state(self) -> dict[str, torch.Tensor]:
-        """Learner-owned tensors saved with the checkpoint (e.g. Meta-SGD learning rates)."""
-        return {}
+        """Learner-owned tensors saved with the checkpoint (``owned_parameters``, detached)."""
+        return {k: p.detach() for k, p in self.owned_parameters().items()}
 
     def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        return None
+        """Copy each of ``state``'s entries into the owned parameter of the same name."""
+        with torch.no_grad():
+            for k, p in self.owned_parameters().items():
+                if k in state:
+                    p.copy_(state[k])

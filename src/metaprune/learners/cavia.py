@@ -15,14 +15,14 @@ the learner (``model(x)``) use a zero context: the un-adapted network.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from ..models.layers import add_film_hooks, block_channels, film_parameters
-from .base import Learner, Params, load_prefixed, prefixed
+from .base import Learner, Params, prefixed
 from .registry import register_learner
 
 CONTEXT = "context"
@@ -85,14 +85,8 @@ class CAVIA(Learner):
         finally:
             self._context = None
 
-    def meta_parameters(self) -> dict[str, nn.Parameter]:
-        return {**super().meta_parameters(), **prefixed("film", self.film)}
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in prefixed("film", self.film).items()}
-
-    def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_prefixed("film", self.film, state)
+    def owned_parameters(self) -> dict[str, nn.Parameter]:
+        return prefixed("film", self.film)
 
     def config(self) -> dict:
         return {**super().config(), "context_dim": self.context_dim,

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
-from .base import Learner, load_prefixed, prefixed
+from .base import Learner, prefixed
 from .registry import register_learner
 
 
@@ -65,11 +63,5 @@ class MetaSGD(Learner):
     def inner_lr_for(self, name: str) -> torch.Tensor:
         return self.lrs[name.replace(".", "__")]
 
-    def meta_parameters(self) -> dict[str, nn.Parameter]:
-        return {**super().meta_parameters(), **prefixed("lr", self.lrs)}
-
-    def extra_state(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach() for k, p in prefixed("lr", self.lrs).items()}
-
-    def load_extra_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        load_prefixed("lr", self.lrs, state)
+    def owned_parameters(self) -> dict[str, nn.Parameter]:
+        return prefixed("lr", self.lrs)
