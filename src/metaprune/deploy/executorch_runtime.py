@@ -28,7 +28,7 @@ import torch
 
 from ..finite import NonFiniteError
 from .format import FormatError, check_rule
-from .runtime import AdaptedModel, Support, load_image, load_support, query_files, to_tensor
+from .runtime import AdaptedModel, ImageInputs
 
 PTE_FORMAT = "metaprune-executorch"
 PTE_VERSION = 1
@@ -91,7 +91,7 @@ class ExecuTorchAdapted(AdaptedModel):
         return torch.cat(out)
 
 
-class ExecuTorchModel:
+class ExecuTorchModel(ImageInputs):
     """A loaded ``.pte`` program: its metadata, and adaptation / prediction through it."""
 
     def __init__(self, data: bytes, source: str = "<memory>"):
@@ -135,13 +135,6 @@ class ExecuTorchModel:
 
     def run(self, method: str, inputs: Sequence[Any]) -> list[torch.Tensor]:
         return self.module.run_method(method, tuple(inputs))
-
-    def load_support(self, folder: str | os.PathLike) -> Support:
-        return load_support(folder, self.channels, self.size)
-
-    def load_queries(self, paths: Sequence[str | os.PathLike]) -> tuple[torch.Tensor, list[Path]]:
-        files = query_files(paths)
-        return to_tensor([load_image(f, self.channels, self.size) for f in files]), files
 
     def _fresh_parameters(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The program's trainable tensors (ExecuTorch's memory), reset to the stored values.
@@ -192,13 +185,3 @@ class ExecuTorchModel:
                                      f"{steps} step(s); use fewer steps (--steps)")
         return ExecuTorchAdapted(self, adapted, (x, y), names)
 
-
-def adapt_folder(model_path: str | os.PathLike, support: str | os.PathLike,
-                 queries: Sequence[str | os.PathLike], steps: int | None = None) -> list:
-    """The whole device flow through ExecuTorch: load, read the support folder, adapt,
-    predict the queries."""
-    em = ExecuTorchModel.load(model_path)
-    s = em.load_support(support)
-    adapted = em.adapt(s.x, s.y, steps=steps, class_names=s.class_names)
-    qx, files = em.load_queries(queries)
-    return adapted.predict(qx, files)

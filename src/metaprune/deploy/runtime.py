@@ -230,7 +230,25 @@ class AdaptedModel:
         return out
 
 
-class DeviceModel:
+class ImageInputs:
+    """Support folders and query images read at a model's stored input size; shared by the
+    PyTorch runtime (``DeviceModel``) and the ExecuTorch one."""
+
+    source: str
+    channels: int | None
+    size: int | None
+
+    def load_support(self, folder: str | os.PathLike) -> Support:
+        if not self.channels or not self.size:
+            raise ValueError(f"'{self.source}' stores no input size/channels")
+        return load_support(folder, self.channels, self.size)
+
+    def load_queries(self, paths: Sequence[str | os.PathLike]) -> tuple[torch.Tensor, list[Path]]:
+        files = query_files(paths)
+        return to_tensor([load_image(f, self.channels, self.size) for f in files]), files
+
+
+class DeviceModel(ImageInputs):
     """A loaded ``.mpz``: architecture, weights (pruned entries 0), masks and test-time rule."""
 
     def __init__(self, mpz: MPZ, source: str = "<memory>"):
@@ -283,15 +301,6 @@ class DeviceModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> DeviceModel:
         return cls(load_mpz(path), str(path))
-
-    def load_support(self, folder: str | os.PathLike) -> Support:
-        if not self.channels or not self.size:
-            raise ValueError(f"'{self.source}' stores no input size/channels")
-        return load_support(folder, self.channels, self.size)
-
-    def load_queries(self, paths: Sequence[str | os.PathLike]) -> tuple[torch.Tensor, list[Path]]:
-        files = query_files(paths)
-        return to_tensor([load_image(f, self.channels, self.size) for f in files]), files
 
     def lr_for(self, name: str) -> torch.Tensor | float:
         return self.mpz.lrs[name] if self.rule.get("per_weight_lr") else self.rule["inner_lr"]
@@ -381,11 +390,12 @@ class DeviceModel:
         return stats
 
 
-def adapt_folder(model_path: str | os.PathLike, support: str | os.PathLike,
+def adapt_folder(model: str | os.PathLike | ImageInputs, support: str | os.PathLike,
                  queries: Sequence[str | os.PathLike], steps: int | None = None,
                  bn: str = "support") -> list[Prediction]:
-    """The whole device flow: load, read the support folder, adapt, predict the queries."""
-    dm = DeviceModel.load(model_path)
+    """The whole device flow: load (a path: an .mpz), read the support folder, adapt, predict
+    the queries. ``model`` may also be a loaded model of either runtime."""
+    dm = model if isinstance(model, ImageInputs) else DeviceModel.load(model)
     s = dm.load_support(support)
     adapted = dm.adapt(s.x, s.y, steps=steps, class_names=s.class_names)
     qx, files = dm.load_queries(queries)
