@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, write_results  # noqa: E402
 
+from metaprune.checkpoint import load_checkpoint  # noqa: E402
 from metaprune.evaluation import EvalResult, paired_difference  # noqa: E402
 
 
@@ -100,7 +101,9 @@ def main() -> None:
     results: dict[str, EvalResult] = {}
     for label, ck in evals.items():
         save = run_dir / f"test_{slug(label)}.json"
-        if not save.exists():
+        # a resumed --max-drop run may choose another round: a cached result must be this model's
+        digest = load_checkpoint(ck).learner.digest()
+        if not save.exists() or EvalResult.load(save).meta.get("model_digest") != digest:
             run(["metaprune", "evaluate", str(ck), "--save", str(save), "--no-progress"], log)
         results[label] = EvalResult.load(save)
     rows = []

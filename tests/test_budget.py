@@ -12,7 +12,7 @@ from metaprune.cli import main
 from metaprune.data.glyphs import glyphs
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import test_tasks as fixed_tasks
-from metaprune.pruning.budget import ValidationPoint, advice, best_round
+from metaprune.pruning.budget import ValidationPoint, advice, best_round, budget_exhausted
 
 TINY = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
         "--set", "data.q_query=3", "--set", "model.kwargs={width: 4}",
@@ -29,6 +29,17 @@ def test_best_round_is_the_sparsest_within_budget() -> None:
     assert best_round(curve, 1.0).round == 2
     assert best_round(curve, 1.4).round == 3
     assert best_round(curve, -0.5) is None          # the dense model never counts
+
+
+def test_budget_is_exhausted_only_after_patience_rounds_in_a_row_over_it() -> None:
+    dense = _point(0, 0.0, 0.0)
+    over, within = _point(1, 0.1, 1.5), _point(2, 0.2, 0.5)
+    assert not budget_exhausted([dense], 1.0, 1)              # nothing pruned yet
+    assert budget_exhausted([dense, over], 1.0, 1)
+    assert not budget_exhausted([dense, over], 1.0, 2)
+    assert not budget_exhausted([dense, over, within], 1.0, 2)    # a round back within resets
+    assert budget_exhausted([dense, within, over, _point(3, 0.3, 1.1)], 1.0, 2)
+    assert not budget_exhausted([dense, over, within, _point(3, 0.3, 1.1)], 1.0, 2)
 
 
 def test_advice_names_the_setting_that_most_likely_helps() -> None:
@@ -56,7 +67,8 @@ def test_max_drop_stops_after_the_first_round_over_budget_and_names_the_best(
         dense, tmp_path, capsys) -> None:
     out = tmp_path / "p"
     cmd = ["prune", str(dense), "--method", "magnitude", "--retrain-iters", "0",
-           "--max-drop", "0", "--val-tasks", "40", "--no-progress", "--out", str(out)]
+           "--max-drop", "0", "--patience", "1", "--val-tasks", "40", "--no-progress",
+           "--out", str(out)]
     assert main(cmd) == 0
     doc = _validation(out)
     curve = doc["curve"]
@@ -89,6 +101,25 @@ def test_max_drop_stops_after_the_first_round_over_budget_and_names_the_best(
     assert main(cmd) == 0
     assert _validation(out) == doc
     assert {f: f.stat().st_mtime_ns for f in (out / "validation").iterdir()} == stamps
+
+
+def test_patience_prunes_on_until_that_many_rounds_in_a_row_are_over_budget(dense,
+                                                                            tmp_path) -> None:
+    out = tmp_path / "p"
+    cmd = ["prune", str(dense), "--method", "random", "--retrain-iters", "0", "--max-drop",
+           "0", "--patience", "2", "--schedule", "0.1x9", "--sparsity", "0.9", "--val-tasks",
+           "40", "--no-progress", "--out", str(out)]
+    assert main(cmd) == 0
+    curve = _validation(out)["curve"]
+    over = [p["drop"] > 0 for p in curve[1:]]
+    stopped_early = curve[-1]["round"] < 9
+    assert over, "random pruning without re-training loses accuracy on some round"
+    # never two rounds in a row over budget before the last two; stopped early only on those
+    assert not any(a and b for a, b in zip(over[:-2], over[1:-1]))
+    assert stopped_early == (len(over) >= 2 and over[-1] and over[-2])
+    assert not (out / f"round{curve[-1]['round'] + 1:02d}.json").exists()
+    assert _validation(out)["best"] == (max(
+        (p for p in curve[1:] if p["drop"] <= 0), key=lambda p: p["sparsity"], default=None))
 
 
 def test_generous_budget_prunes_to_the_end_and_picks_the_last_round(dense, tmp_path) -> None:
@@ -124,6 +155,9 @@ def test_bad_budget_options_fail_before_any_work(dense, tmp_path, capsys) -> Non
     assert main([*base, "--max-drop", "1", "--val-split", "nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert main([*base, "--method", "anp-structured", "--max-drop", "1"]) == 2
+    assert main([*base, "--patience", "2"]) == 2
+    assert "--patience needs --max-drop" in capsys.readouterr().err
+    assert main([*base, "--max-drop", "1", "--patience", "0"]) == 2
     assert main([*base, "--val-split", "test"]) == 2     # the guard never looks at test
     assert "is the test split" in capsys.readouterr().err
     assert not (tmp_path / "p" / "round01.json").exists()

@@ -12,7 +12,7 @@ from ..argtypes import FRACTION, NON_NEGATIVE, POSITIVE, real
 from ..config import parse_key_value
 from ..distributed import check_device, is_main
 from ..masks import dense_masks, format_sparsity_table, prunable_weights, sparsity_table
-from .budget import DEFAULT_GUARD_DROP
+from .budget import DEFAULT_GUARD_DROP, DEFAULT_PATIENCE
 from .criteria import (
     CRITERIA,
     DEFAULT_H_DATA,
@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="accuracy budget: prune round after round while the paired accuracy "
                    "drop against the dense model on VALIDATION tasks stays within POINTS, and "
                    "name the sparsest round that met it (OUT/validation.json)")
+    p.add_argument("--patience", type=POSITIVE, default=None, metavar="ROUNDS",
+                   help=f"with --max-drop: stop after ROUNDS consecutive rounds over the "
+                   f"budget (default {DEFAULT_PATIENCE}; 1 stops at the first)")
     p.add_argument("--val-split", default=None,
                    help="validation split (default: the config's data.val_split, else 'val'; "
                    "its classes must not be the test split's)")
@@ -266,11 +269,14 @@ def _validator(args: argparse.Namespace, ck, device):
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint
-    from .budget import ValidationPoint, advice, best_round, write_curve
+    from .budget import ValidationPoint, advice, best_round, budget_exhausted, write_curve
     from .pruner import starved_layers
 
     if args.max_drop is not None and args.val_tasks < 2:
         raise ValueError(f"--val-tasks must be >= 2 with --max-drop, got {args.val_tasks}")
+    if args.patience is not None and args.max_drop is None:
+        raise ValueError("--patience needs --max-drop (it says when the budgeted search stops)")
+    patience = args.patience or DEFAULT_PATIENCE
     if args.sparsity is None:
         args.sparsity = 0.95 if args.max_drop is not None else 0.85
     ck, sampler, device = _checkpoint_and_sampler(args)
@@ -309,7 +315,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             for r in (state or {}).get("rounds", []):
                 learner = load_checkpoint(r["checkpoint"], device=device).learner
                 curve.append(val.point(r["round"], r["sparsity"], learner, r["checkpoint"]))
-                if curve[-1].drop > budget:
+                if budget_exhausted(curve, budget, patience):
                     break
 
     def report(r) -> bool:
@@ -327,9 +333,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if is_main():
             print(f"  validation: {p.accuracy:.2f}%, drop {p.drop:+.2f} +- {p.drop_ci95:.2f} "
                   f"points (budget {budget:g})", file=sys.stderr, flush=True)
-        return p.drop <= budget
+        return not budget_exhausted(curve, budget, patience)
 
-    over = args.max_drop is not None and len(curve) > 1 and curve[-1].drop > budget
+    over = args.max_drop is not None and budget_exhausted(curve, budget, patience)
     results = [] if over else prune(ck.learner, sampler, cfg, out_dir=args.out, meta=meta,
                                     device=device, progress=not args.no_progress,
                                     on_round=report)
