@@ -14,7 +14,8 @@ A placeholder is ``{{STEM FILTER... | FORMAT}}``:
   ``vs`` is ``{anp_minus_baseline:+.2f} +- {ci95:.2f}``,
   ``acc`` is ``{accuracy:.2f}`` and ``accci`` is ``{accuracy:.2f} +- {ci95:.2f}``;
   ``verdict(diff, ci95, within)`` words a target "within ``within`` points of dense" (``met``,
-  ``inconclusive`` or ``missed``).
+  ``inconclusive`` or ``missed``). ``each FORMAT`` formats every selected row by itself and
+  joins them with ", " (in the CSV's order): ``{{STEM sparsity=0.85,0.9 | each vs}}``.
 
 Selecting no row is an error, and so is a number in the template outside a placeholder
 (see ``stray_numbers``), so a page made this way cannot quote a result its CSV does not hold.
@@ -99,6 +100,14 @@ def fill(placeholder: str, results: Path = RESULTS) -> str:
         raise TemplateError(f"placeholder without '| FORMAT': {placeholder!r}")
     stem, *filters = shlex.split(head)
     found = select(stem, filters, results)
+    if form.strip().startswith("each "):  # one row at a time
+        one = form.strip()[len("each "):]
+        return ", ".join(_format(placeholder, one, [r]) for r in found)
+    return _format(placeholder, form, found)
+
+
+def _format(placeholder: str, form: str, found: list[dict[str, str]]) -> str:
+    """``form`` over the columns of the rows ``found``."""
     env: dict[str, object] = {}
     for column in found[0]:
         values = [_value(r[column]) for r in found]

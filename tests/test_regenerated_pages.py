@@ -58,7 +58,9 @@ def test_templates_write_no_number_by_hand(make_readme) -> None:
     import page_template
 
     templates = [t for blocks in make_readme.TEMPLATED_BLOCKS.values() for _, _, t in blocks]
-    for template in [*make_readme.TEMPLATED_PAGES.values(), *templates]:
+    assert make_readme.README_TEMPLATES
+    for template in [*make_readme.TEMPLATED_PAGES.values(), *templates,
+                     *make_readme.README_TEMPLATES]:
         stray = page_template.stray_numbers(template.read_text())
         assert not stray, f"{template.relative_to(ROOT)} copies numbers by hand: {stray}"
 
@@ -71,6 +73,8 @@ def test_placeholder_reads_its_row_and_refuses_a_missing_one(make_readme, tmp_pa
     text = "anp {{r method=anp target_sparsity=0.85 | diff}}; both {{r target_sparsity=0.85 | " \
            "{min(diff_vs_dense):+.1f}}}"
     assert page_template.render(text, tmp_path) == "anp -1.20 +- 0.38; both -1.2"
+    each = "{{r target_sparsity=0.85 | each {method} {diff_vs_dense:+.1f}}}"
+    assert page_template.render(each, tmp_path) == "anp -1.2, lobs -0.5"
     with pytest.raises(page_template.TemplateError, match="no row"):
         page_template.render("{{r method=magnitude | diff}}", tmp_path)
     with pytest.raises(page_template.TemplateError, match="no column"):
