@@ -19,24 +19,32 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, write_results  # noqa: E402
 
-from metaprune.checkpoint import load_checkpoint  # noqa: E402
+from metaprune.checkpoint import load_checkpoint, read_meta  # noqa: E402
 from metaprune.evaluation import EvalResult, paired_difference  # noqa: E402
 
 
-def run(cmd: list[str], log: Path) -> float:
-    """Run a metaprune command (stdout+stderr appended to ``log``); returns wall seconds."""
-    t0 = time.perf_counter()
+def run(cmd: list[str], log: Path) -> None:
+    """Run a metaprune command (stdout+stderr appended to ``log``)."""
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
-    return time.perf_counter() - t0
+
+
+def work_seconds(run_dir: Path) -> float:
+    """The compute time a run's own records hold, summed over every invocation that worked on
+    it (a killed and resumed run included): meta-training (the checkpoint's ``train_seconds``)
+    or every pruning round (``round_seconds`` in state.json: scoring, compensation, masks,
+    re-training, checkpoints)."""
+    state = run_dir / "state.json"
+    if state.exists():
+        return sum(r["round_seconds"] for r in json.loads(state.read_text())["rounds"])
+    return float(read_meta(run_dir / "model")["train_seconds"])
 
 
 def slug(label: str) -> str:
@@ -67,9 +75,8 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "commands.log"
-    seconds: dict[str, float] = {}
     dense = run_dir / "dense"
-    seconds["train"] = run(["metaprune", "train", "--config", args.config, "--out", str(dense),
+    run(["metaprune", "train", "--config", args.config, "--out", str(dense),
                             "--no-progress"], log)
     jobs = [("anp", ["--method", "anp"]), ("magnitude", ["--method", "magnitude"])]
     if args.paper:
@@ -79,25 +86,22 @@ def main() -> None:
                      ["--method", "anp", "--max-drop", f"{args.max_drop:g}"]))
     jobs += [(f"anp, {opts}", ["--method", "anp", *opts.split()]) for opts in args.also]
     evals = {"dense": dense / "model"}
+    dirs = {"dense": dense}
     for label, opts in jobs:
         out = run_dir / slug(label)
         sparsity = [] if "--max-drop" in opts else ["--sparsity", args.sparsity]
-        seconds[label] = run(["metaprune", "prune", str(dense / "model"), *opts, *sparsity,
-                              *args.prune_options.split(), "--out", str(out), "--no-progress"],
-                             log)
+        run(["metaprune", "prune", str(dense / "model"), *opts, *sparsity,
+             *args.prune_options.split(), "--out", str(out), "--no-progress"], log)
         if "--max-drop" in opts:  # the round chosen on validation tasks
             best = json.loads((out / "validation.json").read_text())["best"]
             if best is None:
                 continue
-            evals[f"{label} (chose {100 * best['sparsity']:.1f}%)"] = Path(best["checkpoint"])
+            label = f"{label} (chose {100 * best['sparsity']:.1f}%)"
+            evals[label] = Path(best["checkpoint"])
         else:
             state = json.loads((out / "state.json").read_text())
             evals[label] = Path(state["rounds"][-1]["checkpoint"])
-    # a command run again only resumes: keep the time of the run that did the work
-    times_path = run_dir / "seconds.json"
-    before = json.loads(times_path.read_text()) if times_path.exists() else {}
-    seconds = {k: max(v, before.get(k, 0.0)) for k, v in {**before, **seconds}.items()}
-    times_path.write_text(json.dumps(seconds, indent=2))
+        dirs[label] = out
     results: dict[str, EvalResult] = {}
     for label, ck in evals.items():
         save = run_dir / f"test_{slug(label)}.json"
@@ -118,14 +122,15 @@ def main() -> None:
                 row.update(diff_vs_magnitude=round(100 * m.mean, 2),
                            vs_magnitude_ci95=round(100 * m.ci95, 2))
             row["checkpoint"] = str(evals[label])
-        command = "train" if label == "dense" else label.split(" (chose")[0]
-        row["command_seconds"] = round(seconds.get(command, 0))
+        row["work_seconds"] = round(work_seconds(dirs[label]))
         rows.append(row)
     notes = (f"Config `{args.config}`, CLI defaults (`--preset recommended` unless the row "
              f"says otherwise), sparsity {args.sparsity} of the pruned layers' weights; paired "
-             "differences in points on the config's fixed test tasks. `command_seconds`: wall "
-             "time of `metaprune train` (dense) or `metaprune prune` (its evaluation not "
-             "included), with the default worker processes on this machine. Commands and their "
+             "differences in points on the config's fixed test tasks. `work_seconds`: the "
+             "meta-training time its checkpoint records (dense) or the sum of every pruning "
+             "round's time in the run's state.json (validation and test evaluations not "
+             "included), with the default worker processes on this machine, summed over "
+             "every invocation if a run was killed and resumed. Commands and their "
              f"output: `{log}` (not committed).")
     write_results(RESULTS / args.name, f"Out of the box: {args.config}", notes, rows)
     print((RESULTS / f"{args.name}.md").read_text())

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from metaprune.checkpoint import read_meta
+
 ROOT = Path(__file__).parents[1]
 BENCH = ROOT / "benchmarks"
 GLYPHS = ["--set", "data.dataset=glyphs",
@@ -234,6 +236,12 @@ def test_out_of_the_box(tmp_path, tiny_config) -> None:
     assert [r["model"] for r in got] == ["dense", "anp", "magnitude"]
     assert all(r["tasks"] == "3" for r in got)
     assert finite(got[1]["diff_vs_dense"]) and finite(got[1]["diff_vs_magnitude"])
+    # the time the runs' own records hold: the dense checkpoint's and every round's
+    run = tmp_path / "run"
+    dense = read_meta(run / "dense" / "model")
+    assert float(got[0]["work_seconds"]) == round(dense["train_seconds"])
+    state = json.loads((run / "anp" / "state.json").read_text())
+    assert float(got[1]["work_seconds"]) == round(sum(r["round_seconds"] for r in state["rounds"]))
 
 
 def test_deploy_bn_modes(curve, capsys) -> None:
