@@ -55,6 +55,7 @@ def budget_section(paths: list[Path]) -> str:
     dense_cpu = ({r["run"]: float(r["estimated_cpu_minutes"]) for r in
                   csv.DictReader(cpu_path.open())} if cpu_path.exists() else {})
     rows = []
+    totals: dict[str, dict[str, float]] = {}   # results stem -> the minutes the prose cites
     for path in paths:
         with path.open() as f:
             data = list(csv.DictReader(f))
@@ -77,6 +78,8 @@ def budget_section(paths: list[Path]) -> str:
         total = dense_min + (sum(last.values()) + sum(evals)) / 60
         jobs = [last[m] + method_evals[m] for m in last] + [float(dense["eval_seconds"])]
         wall = dense_min + two_core_makespan(jobs) / 60
+        totals[path.stem] = {"evals": len(evals), "eval_min": sum(evals) / 60, "total": total,
+                             "wall": wall}
         rows.append({"setting": data[0]["setting"], "file": path.stem,
                      "methods": str(len(last)), "dense training (min)": shown,
                      "pruning + re-training (min)": f"{sum(last.values()) / 60:.1f}",
@@ -85,6 +88,18 @@ def budget_section(paths: list[Path]) -> str:
                      "wall on the 2 cores (min)": f"{wall:.1f}"})
     if not rows:
         return ""
+    b, b100 = totals.get("sparsity_B"), totals.get("sparsity_B_enddense_r100")
+    alone = float(next(r for r in csv.DictReader(cpu_path.open())
+                       if r["run"] == "sparsity_B")["estimated_eval_minutes"])
+    b_text = "" if b is None or b100 is None else (
+        f"Two one-thread jobs do not slow each other visibly here: B's {b['evals']:.0f} "
+        f"evaluations, most run beside another job, took {b['eval_min']:.1f} minutes in all, "
+        f"and one evaluation timed alone takes {alone:.1f} minutes (dense_cpu_time.md; "
+        f"{b['evals']:.0f} x {alone:.1f} = {b['evals'] * alone:.1f}). B fits the budget only on "
+        f"both cores (about {b['wall']:.0f} minutes): on one core it takes {b['total']:.1f} "
+        f"minutes, {b['eval_min']:.0f} of them evaluating 20-way tasks. B with the first layer "
+        "and head dense at 100 re-training iterations per round (sparsity_B_enddense_r100, "
+        f"evaluated at 85-95% only) takes about {b100['wall']:.0f} minutes on the 2 cores.")
     return ("## Time per setting\n\nFrom each setting's CSV. `total, one core` adds up the "
             "minutes of every stage as if one core ran them one after another. The runs used "
             "both cores of the machine, one torch thread per job, so `wall on the 2 cores` "
@@ -96,13 +111,7 @@ def budget_section(paths: list[Path]) -> str:
             "iterations of the same configuration ([dense_cpu_time.md](results/"
             "dense_cpu_time.md)) and counted in both totals. B's anp, lobs and magnitude runs "
             "and their evaluations shared the 2 cores with up to three other jobs, so its "
-            "times are upper bounds. Two one-thread jobs do not slow each other visibly here: "
-            "B's 31 evaluations, most run beside another job, took 90.5 minutes in all, and "
-            "one evaluation timed alone takes 2.9 minutes (dense_cpu_time.md; 31 x 2.9 = "
-            "89.9). B fits the budget only on both cores (about 97 minutes): on one core it "
-            "takes 166.7 minutes, 90 of them evaluating 20-way tasks. B with the first layer and "
-            "head dense at 100 re-training iterations per round (sparsity_B_enddense_r100, "
-            "evaluated at 85-95% only) takes about 135 minutes on the 2 cores.\n\n"
+            f"times are upper bounds. {b_text}\n\n"
             + table(rows, list(rows[0])) + "\n")
 
 
