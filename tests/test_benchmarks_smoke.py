@@ -9,7 +9,9 @@ import csv
 import json
 import math
 import os
+import re
 import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -393,3 +395,23 @@ def test_executorch_report(curve, tmp_path) -> None:
     assert float(got["max_logit_diff"]) < 1e-2  # the two runtimes compute the same thing
     assert 0 <= int(got["tasks_same_classes"]) <= 2
     assert finite(got["acc_torch"]) and float(got["adapt_ms_executorch"]) > 0
+
+
+def test_structured_d_recipe_calls_existing_scripts_with_their_flags() -> None:
+    """benchmarks/structured_D.sh needs real data and hours, so it is not run here: every
+    ``python benchmarks/X.py`` command in it must name a script whose --help lists each of the
+    flags the recipe passes (a renamed or removed flag fails here, not after an hour)."""
+    text = (BENCH / "structured_D.sh").read_text().replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in text.splitlines()
+                if line.startswith("python benchmarks/")]
+    assert len(commands) == 3
+    for cmd in commands:
+        script = ROOT / cmd[1]
+        assert script.exists(), f"structured_D.sh calls a missing script: {cmd[1]}"
+        shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                               text=True, timeout=120, cwd=ROOT)
+        assert shown.returncode == 0, shown.stderr
+        flags = {t for t in cmd[2:] if t.startswith("--")}
+        missing = [f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])",
+                                                     shown.stdout)]
+        assert not missing, f"{cmd[1]} does not take {missing}"
