@@ -415,3 +415,28 @@ def test_structured_d_recipe_calls_existing_scripts_with_their_flags() -> None:
         missing = [f for f in flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])",
                                                      shown.stdout)]
         assert not missing, f"{cmd[1]} does not take {missing}"
+
+
+def test_validation_curves(tmp_path, tiny_config) -> None:
+    from metaprune.cli import main as cli
+    from metaprune.evaluation import EvalResult, paired_difference
+
+    assert cli(["train", "--config", str(tiny_config), "--out", str(tmp_path / "d"),
+                "--workers", "1", "--no-progress"]) == 0
+    prune = ["prune", str(tmp_path / "d" / "model"), "--schedule", "0.3x2", "--sparsity", "0.6",
+             "--retrain-iters", "1", "--tasks", "2", "--val-tasks", "0", "--workers", "1",
+             "--no-progress"]
+    for method in ("anp", "magnitude"):
+        assert cli([*prune, "--method", method, "--out", str(tmp_path / method)]) == 0
+    run_script("validation_curves", "--run", f"a={tmp_path / 'anp'}",
+               "--run", f"m={tmp_path / 'magnitude'}", "--tasks", "8", "--no-progress",
+               "--name", "smoke_val", results=tmp_path)
+    got = rows(tmp_path / "smoke_val.csv")
+    assert [(r["run"], r["round"]) for r in got] == [("a", "1"), ("a", "2"), ("m", "1"), ("m", "2")]
+    # the cached evaluations are what the rows say: drop = dense minus the round, paired
+    v = tmp_path / "magnitude" / "validation"
+    dense, r2 = EvalResult.load(v / "dense.json"), EvalResult.load(v / "round02.json")
+    assert float(got[3]["drop"]) == round(100 * paired_difference(dense, r2).mean, 2)
+    a2 = EvalResult.load(tmp_path / "anp" / "validation" / "round02.json")
+    assert float(got[3]["second_minus_first"]) == round(100 * paired_difference(r2, a2).mean, 2)
+    assert r2.task_fingerprint == a2.task_fingerprint and r2.accuracies.size == 8
