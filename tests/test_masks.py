@@ -103,3 +103,14 @@ def test_bad_masks_are_named() -> None:
         validate_masks(model, {"head.weight": torch.ones(2, 2)})
     with pytest.raises(ValueError, match="other than 0 and 1"):
         validate_masks(model, {"head.weight": torch.full_like(model.head.weight, 0.5)})
+
+
+def test_learner_keeps_masks_in_the_models_parameter_order() -> None:
+    """Masks arrive in any order (a checkpoint's tensors come back in an arbitrary one); the
+    learner holds them in the model's order, the same on every rank of a distributed run."""
+    model = build_model("conv4", n_way=3, in_channels=1, image_size=12, width=4)
+    learner = build_learner("maml", model, inner_lr=0.4)
+    masks = random_masks(model)
+    learner.set_masks(dict(reversed(list(masks.items()))))
+    assert list(learner.masks) == [n for n, _ in model.named_parameters() if n in masks]
+    assert all(torch.equal(learner.masks[n], masks[n]) for n in masks)

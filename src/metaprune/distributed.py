@@ -80,7 +80,9 @@ def shard(items: Sequence[T]) -> list[T]:
 # ---- collectives (no-ops in one process) ----------------------------------------------------
 def _packed(tensors: Iterable[torch.Tensor], collective) -> None:
     """Apply ``collective`` (in place, on one flat buffer) to the tensors, one call per dtype:
-    small models send one message instead of one per parameter."""
+    small models send one message instead of one per parameter. Every rank must pass the same
+    tensors in the same order: tensors of equal shape passed in another order are silently
+    exchanged (iterate dicts in a fixed order, e.g. by sorted key)."""
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for t in tensors:
         by_dtype.setdefault(t.dtype, []).append(t.data if isinstance(t, torch.nn.Parameter)

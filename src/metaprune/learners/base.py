@@ -86,7 +86,10 @@ class Learner:
         masks = dict(masks or {})
         validate_masks(self.model, masks)
         dev = next(self.model.parameters()).device
-        self.masks = {n: m.to(dev, torch.float32) for n, m in masks.items()}
+        # in the model's parameter order, whatever order they came in (a checkpoint's tensor
+        # order is arbitrary): code that sends masks to other ranks in dict order relies on it
+        self.masks = {n: masks[n].to(dev, torch.float32) for n, _ in self.model.named_parameters()
+                      if n in masks}
         apply_masks(self.params(), self.masks)
         if self._optimizer is not None:  # masks changed: clear the pruned entries' moments
             named = self.meta_parameters()

@@ -141,8 +141,8 @@ def prune_step(learner: Learner, criterion: Criterion, tasks: Sequence[Task],
     comp = criterion.compensate(learner, scores, new)
     t3 = time.perf_counter()
     masks = {**learner.masks, **new}
-    if world_size() > 1:
-        broadcast_(masks.values())
+    if world_size() > 1:  # by name: the ranks' dicts may hold the same masks in other orders
+        broadcast_(masks[n] for n in sorted(masks))
         broadcast_([*learner.meta_parameters().values(), *learner.model.buffers()])
     learner.set_masks(masks)
     _check_zero(learner)
