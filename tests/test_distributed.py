@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,37 @@ def test_two_worker_training_killed_and_resumed_ends_where_uninterrupted_does(
     assert names and all(torch.equal(a[k], b[k]) for k in names)
     ra = json.loads((uninterrupted / "eval_test.json").read_text())["per_task"]
     assert ra == json.loads((run / "eval_test.json").read_text())["per_task"]
+
+
+def test_two_worker_prune_resumed_between_rounds_ends_where_uninterrupted_does(tmp_path) -> None:
+    """A run resumed in a new process after round 1 (every rank restores round 1, whose masks
+    come back from the file in an order of that process's own) prunes rounds 2 and 3 bit for
+    bit as the uninterrupted run does: ranks exchanged masks by position once, so rank 1 trained
+    with another layer's masks after most resumes."""
+    assert main(["train", "--out", str(tmp_path / "d"), "--set", "train.iterations=4",
+                 "--workers", "1", *TINY]) == 0
+    prune = [sys.executable, "-m", "metaprune", "prune", str(tmp_path / "d" / "model"),
+             "--method", "anp", "--schedule", "0.2x3", "--sparsity", "0.6", "--retrain-iters",
+             "3", "--tasks", "4", "--val-tasks", "0", "--workers", "2", "--no-progress"]
+    r = subprocess.run([*prune, "--out", str(tmp_path / "ref")], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    # the run folder as a run killed after round 1 leaves it
+    (tmp_path / "run").mkdir()
+    for f in (tmp_path / "ref").glob("round01.*"):
+        shutil.copy(f, tmp_path / "run" / f.name)
+    state = json.loads((tmp_path / "ref" / "state.json").read_text())
+    assert len(state["rounds"]) == 3
+    state["rounds"] = state["rounds"][:1]
+    (tmp_path / "run" / "state.json").write_text(json.dumps(state))
+    r = subprocess.run([*prune, "--out", str(tmp_path / "run")], env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "round 1:" not in r.stderr and "round 3:" in r.stderr
+    for rnd in ("round02", "round03"):
+        a = load_file(tmp_path / "ref" / f"{rnd}.safetensors")
+        b = load_file(tmp_path / "run" / f"{rnd}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rnd
 
 
 def test_evaluate_with_two_workers_gives_the_per_task_accuracies_of_one(tmp_path) -> None:
