@@ -1,8 +1,10 @@
 """ExecuTorch export (issue 22): on the same episode, adaptation and prediction through the
 ExecuTorch runtime equal the PyTorch device runtime (same predicted classes, adapted tensors
 within 1e-5, pruned weights exactly 0 after every step), for MAML, ANIL, Meta-SGD, ProtoNet
-and CAVIA, dense and pruned, Conv4 and the structured slim model; the amax pooling equals
-max-pooling in eager; the CLI end to end; bad input gets a clear error.
+and CAVIA, dense and pruned, Conv4 and the structured slim model; both exported max-pooling
+formulations equal max-pooling in eager (values, gradients, tied maxima), and so does the
+channel-major network (outputs, every gradient); the CLI end to end; bad input gets a clear
+error.
 
 Each case exports one tiny two-block model: the ExecuTorch compilation passes, whose time
 grows with the number of graph operations, dominate the run time."""
@@ -26,7 +28,13 @@ from metaprune.models import build_model
 
 pytest.importorskip("executorch")  # a fallback only: the test extra installs executorch
 
-from metaprune.deploy.executorch_export import amax_pool2, build_program  # noqa: E402
+from metaprune.deploy.executorch_export import (  # noqa: E402
+    CnhwSequential,
+    amax_pool2,
+    build_program,
+    exportable,
+    index_pool2,
+)
 from metaprune.deploy.executorch_runtime import ExecuTorchModel  # noqa: E402
 
 N_WAY, K_SHOT, SHAPE = 5, 2, (1, 12, 12)
@@ -108,13 +116,16 @@ def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool,
     assert [p.label for p in preds] == lr.argmax(1).tolist()
 
 
-def test_amax_pool_equals_max_pool_in_eager() -> None:
+@pytest.mark.parametrize("pool", [amax_pool2, index_pool2])
+def test_amax_pool_equals_max_pool_in_eager(pool) -> None:
     g = torch.Generator().manual_seed(0)
     for shape, ceil in [((3, 4, 8, 8), False), ((2, 3, 7, 5), False), ((2, 3, 7, 5), True)]:
         x = torch.randn(*shape, generator=g)
         x[..., 0, 0] = x[..., 0, 1]  # tied maxima: the first gets the gradient, as max-pooling
+        x[..., 3, 0] = 5 + x[..., 2, 0].abs()  # the window's maximum twice, across rows and
+        x[..., 2, 1] = x[..., 3, 0]            # columns: the top row's entry is the first
         a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        out_a, out_b = amax_pool2(a, ceil), F.max_pool2d(b, 2, ceil_mode=ceil)
+        out_a, out_b = pool(a, ceil), F.max_pool2d(b, 2, ceil_mode=ceil)
         assert torch.equal(out_a, out_b)
         w = torch.randn(out_a.shape, generator=g)
         (out_a * w).sum().backward()
@@ -124,11 +135,30 @@ def test_amax_pool_equals_max_pool_in_eager() -> None:
     # ReLU's backward then zeroes both (what Conv4 computes: conv, BN, ReLU, pool)
     x = torch.tensor([[[[-1.0, -2.0], [0.5, -3.0]], [[-1.0, -2.0], [-0.5, -3.0]]]])
     grads = []
-    for pool in (lambda t: amax_pool2(t), lambda t: F.max_pool2d(t, 2)):
+    for p in (lambda t: pool(t), lambda t: F.max_pool2d(t, 2)):
         t = x.clone().requires_grad_(True)
-        pool(F.relu(t)).sum().backward()
+        p(F.relu(t)).sum().backward()
         grads.append(t.grad)
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("arch", ["conv4", "conv4-slim"])
+def test_channel_major_network_equals_model_in_eager(arch: str) -> None:
+    """The exported network (channel-major im2col convolutions, BatchNorm on (C, N, H, W),
+    ReLU after the max-pool) against the model: outputs and every parameter's gradient."""
+    net = learner_for("maml", False, arch).model
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(N_WAY * K_SHOT, *SHAPE, generator=g) > 0.5).float()  # binary: ties
+    for pool in ("indices", "where"):
+        ex = exportable(net, pool=pool)
+        assert isinstance(ex.features, CnhwSequential)
+        assert [n for n, _ in ex.named_parameters()] == [n for n, _ in net.named_parameters()]
+        ref, out = net(x), ex(x)
+        assert (ref - out).abs().max().item() <= 1e-5
+        grads = [torch.autograd.grad(F.cross_entropy(o, torch.arange(N_WAY).repeat(K_SHOT)),
+                                     list(m.parameters())) for o, m in ((ref, net), (out, ex))]
+        for a, b in zip(*grads):
+            assert (a - b).abs().max().item() <= 1e-5
 
 
 def write_episode(root, sx, sy, qx) -> tuple:

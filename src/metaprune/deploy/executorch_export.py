@@ -25,12 +25,21 @@ The program has these methods (names in :mod:`metaprune.deploy.executorch_runtim
   but the ``.pte``.
 
 Workarounds for the ExecuTorch kernels (executorch 1.4): max-pooling's backward gives wrong
-gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as a reshape of the
-windows + ``argmax`` + ``gather`` (:class:`AmaxPool2`: same values, and max-pooling's gradient,
-ties included, tested against eager); stride-1 convolutions as im2col + one matrix product
-(:class:`MatmulConv2d`: ExecuTorch's portable convolution kernels, forward and backward, are
-about 15x slower); global average pooling as a mean. BatchNorm keeps its training-mode
-(batch-statistics) form in ``adapt_loss``, as the backbones use it.
+gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as a ``gather`` at
+max-pooling's forward indices in ``adapt_loss`` and as comparisons of the windows' entries in
+``predict`` (:class:`AmaxPool2`: same values, and max-pooling's gradient, ties included, tested
+against eager); stride-1 convolutions as im2col + one matrix product (:class:`MatmulConv2d`:
+ExecuTorch's portable convolution kernels, forward and backward, are about 15x slower); global
+average pooling as a mean. BatchNorm keeps its training-mode (batch-statistics) form in
+``adapt_loss``, as the backbones use it.
+
+Speed (the pip wheel's kernels: matrix products and element-wise arithmetic are optimised,
+copies, transposes, reductions and indexing are per-element loops): a sequential stack of
+Conv4's layer types runs on channel-major ``(C, N, H, W)`` activations (:class:`CnhwSequential`),
+where the im2col is built from whole-row slices and one ``mm`` gives the next layer's layout, so
+no activation is transposed; ReLU follows the max-pool (a quarter of the entries); the pass
+:func:`transpose_smaller_mm` makes each weight gradient transpose the output gradient instead
+of the im2col matrix.
 
 The program is static in the support set's shape (``n_way x k_shot`` images of the model's
 input size): export one program per shot count (``--k-shot``).
@@ -59,15 +68,20 @@ from .format import load_mpz
 from .runtime import DeviceModel
 
 DEFAULT_MAX_QUERIES = 128
+ADAPT_POOL = "indices"   # AmaxPool2's mode in adapt_loss (predict: "where")
 
 
 # ---- ExecuTorch-friendly layers ---------------------------------------------------------------
 def amax_pool2(x: torch.Tensor, ceil_mode: bool = False, first_max: bool = True
                ) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as a reshape of the 2x2 windows and a
-    reduction over each (ExecuTorch's max-pool backward is wrong). ``first_max``: the first
-    maximal entry by ``argmax`` + ``gather``, with max-pooling's gradient also at ties;
-    otherwise ``amax``."""
+    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as comparisons of the windows' entries
+    (ExecuTorch's max-pool backward is wrong): the maximum of each row pair, then of the two
+    rows, ``torch.where`` keeping the earlier entry on ties, so the gradient goes to each
+    window's first maximum in row-major order, as max-pooling's does. (``first_max`` is kept
+    for the callers; both give that gradient.) Horizontal pairs are the even/odd entries of
+    the flattened map and vertical pairs halves of a row pair: no transpose, ``argmax`` or
+    ``gather``, whose ExecuTorch kernels are element-by-element loops."""
+    del first_max
     h, w = x.shape[-2:]
     if ceil_mode:  # an odd last row / column is a window of its own (-inf borders by
         # concatenation: F.pad's backward exports as a negative pad, which ExecuTorch refuses)
@@ -78,22 +92,36 @@ def amax_pool2(x: torch.Tensor, ceil_mode: bool = False, first_max: bool = True
                           dim=-2)
     else:
         x = x[..., : h - h % 2, : w - w % 2]
-    h2, w2 = x.shape[-2] // 2, x.shape[-1] // 2
-    windows = x.reshape(*x.shape[:-2], h2, 2, w2, 2).transpose(-3, -2).reshape(
-        *x.shape[:-2], h2, w2, 4)                      # each window's entries in row-major order
-    if not first_max:
-        return windows.amax(dim=-1)
-    # the first maximum of each window by gather: its backward gives the whole gradient to that
-    # entry, as max-pooling's does (amax would share it among tied entries)
-    return windows.gather(-1, windows.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    lead, h2, w2 = x.shape[:-2], x.shape[-2] // 2, x.shape[-1] // 2
+    # slices, not selects: a select's backward exports as an expand + where
+    pairs = x.reshape(-1, 2)                           # (left, right) of each row pair
+    left, right = pairs[:, :1], pairs[:, 1:]
+    rows = torch.where(right <= left, left, right).reshape(-1, 2, w2)
+    top, bottom = rows[:, :1], rows[:, 1:]
+    return torch.where(bottom <= top, top, bottom).reshape(*lead, h2, w2)
+
+
+def index_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as a ``gather`` of the first maxima that
+    max-pooling's forward finds (its indices, no gradient): the gradient is the gather's, a
+    scatter onto those entries, not ExecuTorch's wrong max-pool backward."""
+    _, idx = torch.ops.aten.max_pool2d_with_indices(x.detach(), [2, 2], [2, 2], [0, 0],
+                                                    [1, 1], ceil_mode)
+    return x.flatten(-2).gather(-1, idx.flatten(-2)).reshape(idx.shape)
 
 
 class AmaxPool2(nn.Module):
-    def __init__(self, ceil_mode: bool = False):
+    """2x2 max-pooling for ExecuTorch, ``mode`` "where" (:func:`amax_pool2`, the faster
+    forward: ``predict``) or "indices" (:func:`index_pool2`, the faster forward + backward:
+    ``adapt_loss``)."""
+
+    def __init__(self, ceil_mode: bool = False, mode: str = "where"):
         super().__init__()
-        self.ceil_mode = ceil_mode
+        self.ceil_mode, self.mode = ceil_mode, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "indices":
+            return index_pool2(x, self.ceil_mode)
         return amax_pool2(x, self.ceil_mode)
 
 
@@ -149,6 +177,96 @@ class SupportStatsBatchNorm(nn.Module):
                             self.bias, False, 0.0, self.eps)
 
 
+class CnhwConv2d(MatmulConv2d):
+    """:class:`MatmulConv2d` on channel-major ``(C, N, H, W)`` activations, so that no
+    activation is ever transposed: the zero-padded maps are flattened per (channel, image)
+    and the k x k shifted windows are contiguous slices of those rows (``Ho`` padded rows
+    each, whose last ``kw - 1`` columns wrap into the next row and are dropped after the
+    product), stacked into ``(kh * kw * C, N * Ho * Wp)`` columns for one ``mm`` with the
+    ``(C_out, kh * kw * C)`` weight; the result is already ``(C_out, N, Ho, Wp)``.
+    Slices of whole rows are single ``memcpy`` calls in ExecuTorch, where the per-element
+    transposes (``permute_copy``) of the NCHW im2col dominated the program's time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, n, h, w = x.shape
+        if self.pw:
+            z = x.new_zeros(c, n, h, self.pw)
+            x = torch.cat([z, x, z], dim=3)
+        if self.ph:
+            z = x.new_zeros(c, n, self.ph, x.shape[3])
+            x = torch.cat([z, x, z], dim=2)
+        hp, wp = x.shape[2], x.shape[3]
+        ho, wo, span = hp - self.kh + 1, wp - self.kw + 1, (hp - self.kh + 1) * wp
+        flat = x.reshape(c, n, hp * wp)
+        if self.kw > 1:  # the last window's wrapped columns read past the map: zeros
+            flat = torch.cat([flat, x.new_zeros(c, n, self.kw - 1)], dim=2)
+        # rows (shift, channel): each shift's (C, N * Ho*Wp) block, concatenated (a stack at
+        # dim 1 reshaped to (C*kh*kw, ...) is a view torch.export cannot prove contiguous for
+        # a dynamic N); the weight's columns in the same order
+        cols = torch.cat([flat[:, :, i * wp + j:i * wp + j + span].reshape(c, n * span)
+                          for i in range(self.kh) for j in range(self.kw)])
+        out = self.weight.permute(0, 2, 3, 1).reshape(self.weight.shape[0], -1) @ cols
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        out = out.reshape(out.shape[0], n, ho, wp)
+        return out[..., :wo] if wo < wp else out
+
+
+class CnhwBatchNorm(nn.Module):
+    """A BatchNorm without running statistics on ``(C, N, H, W)`` activations (viewed as one
+    ``(1, C, N*H*W, 1)`` sample: the same per-channel statistics); ``n_support``: normalise
+    with the statistics of the first ``n_support`` images (:class:`SupportStatsBatchNorm`)."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, n_support: int | None = None):
+        super().__init__()
+        self.weight, self.bias = bn.weight, bn.bias
+        self.eps, self.n_support = bn.eps, n_support
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(1, x.shape[0], -1, 1)
+        if self.n_support is None:
+            return F.batch_norm(flat, None, None, self.weight, self.bias, True, 0.0,
+                                self.eps).reshape(x.shape)
+        s = x[:, : self.n_support].reshape(x.shape[0], -1)
+        return F.batch_norm(flat, s.mean(1), s.var(1, unbiased=False), self.weight, self.bias,
+                            False, 0.0, self.eps).reshape(x.shape)
+
+
+class CnhwSequential(nn.Sequential):
+    """A sequential feature extractor run on ``(C, N, H, W)`` activations: one transpose in,
+    one out (same children, so the same parameter names)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(0, 1)).transpose(0, 1)
+
+
+def _cnhw_convertible(m: nn.Module) -> bool:
+    """Whether every layer of ``m`` has a channel-major form (Conv4's layer types)."""
+    if isinstance(m, nn.Sequential):
+        return len(m) > 0 and all(_cnhw_convertible(c) for c in m)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return m.running_mean is None
+    return isinstance(m, (nn.ReLU, MaxPool2, AmaxPool2, MatmulConv2d))
+
+
+def _cnhw(m: nn.Module) -> nn.Module:
+    if isinstance(m, nn.Sequential):
+        layers = [_cnhw(c) for c in m]
+        for i in range(len(layers) - 1):  # ReLU then max-pool as max-pool then ReLU: the
+            # same values and gradients (both monotone; a window whose maximum is <= 0 gets
+            # no gradient either way), ReLU on a quarter of the entries
+            if isinstance(layers[i], nn.ReLU) and isinstance(layers[i + 1], AmaxPool2):
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        return nn.Sequential(*layers)
+    if isinstance(m, MatmulConv2d):
+        conv = CnhwConv2d.__new__(CnhwConv2d)
+        conv.__dict__.update(m.__dict__)
+        return conv
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return CnhwBatchNorm(m)
+    return m
+
+
 def _swap_modules(model: nn.Module, swap) -> nn.Module:
     """Replace (in place) every sub-module ``m`` for which ``swap(m)`` returns a module."""
     for name, child in list(model.named_children()):
@@ -160,16 +278,19 @@ def _swap_modules(model: nn.Module, swap) -> nn.Module:
     return model
 
 
-def exportable(model: nn.Module) -> nn.Module:
+def exportable(model: nn.Module, channel_major: bool = True, pool: str = "where") -> nn.Module:
     """A copy of ``model`` with the layers ExecuTorch cannot differentiate replaced by
-    equivalent ones; any other max-pooling is refused."""
+    equivalent ones; any other max-pooling is refused. ``channel_major``: every sequential
+    stack of Conv4's layer types runs on ``(C, N, H, W)`` activations
+    (:class:`CnhwSequential`; not with FiLM hooks, which modulate NCHW block outputs).
+    ``pool``: the max-poolings' :class:`AmaxPool2` mode."""
     def swap(m: nn.Module) -> nn.Module | None:
         if isinstance(m, MaxPool2):
-            return AmaxPool2(m.ceil_mode)
+            return AmaxPool2(m.ceil_mode, pool)
         if isinstance(m, nn.MaxPool2d):
             k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation)
             if k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and d in (1, (1, 1)):
-                return AmaxPool2(m.ceil_mode)
+                return AmaxPool2(m.ceil_mode, pool)
             raise ValueError(f"ExecuTorch export: {m} is not supported (only 2x2 max-pooling "
                              "with stride 2)")
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
@@ -180,13 +301,29 @@ def exportable(model: nn.Module) -> nn.Module:
             return MatmulConv2d(m)
         return None
 
-    return _swap_modules(copy.deepcopy(model), swap)
+    model = _swap_modules(copy.deepcopy(model), swap)
+    if channel_major:
+        def to_cnhw(m: nn.Module) -> nn.Module | None:
+            if isinstance(m, nn.Sequential) and _cnhw_convertible(m):
+                return CnhwSequential(*(_cnhw(c) for c in m))
+            return None
+
+        model = _swap_modules(model, to_cnhw)
+    return model
 
 
 def support_stats_batchnorm(model: nn.Module, n_support: int) -> nn.Module:
-    """``model`` (in place) with every BatchNorm replaced by :class:`SupportStatsBatchNorm`."""
-    return _swap_modules(model, lambda m: SupportStatsBatchNorm(m, n_support)
-                         if isinstance(m, nn.modules.batchnorm._BatchNorm) else None)
+    """``model`` (in place) with every BatchNorm normalising with the statistics of the first
+    ``n_support`` images (:class:`SupportStatsBatchNorm`, :class:`CnhwBatchNorm`)."""
+    def swap(m: nn.Module) -> nn.Module | None:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return SupportStatsBatchNorm(m, n_support)
+        if isinstance(m, CnhwBatchNorm):
+            m.n_support = n_support
+            return m
+        return None
+
+    return _swap_modules(model, swap)
 
 
 # ---- the exported methods ---------------------------------------------------------------------
@@ -254,7 +391,9 @@ class AdaptLoss(_Program):
 
     def __init__(self, dm: DeviceModel):
         names, values, lrs, keeps = adapting_tensors(dm)
-        super().__init__(dm, exportable(dm.model).requires_grad_(False), names)
+        net = exportable(dm.model, dm.rule["kind"] != "context", ADAPT_POOL)
+        net.requires_grad_(False)
+        super().__init__(dm, net, names)
         self.masked = [k is not None for k in keeps]
         for i, (v, lr, keep) in enumerate(zip(values, lrs, keeps)):
             setattr(self, f"p{i}", nn.Parameter(v))
@@ -277,7 +416,8 @@ class Predict(_Program):
     support statistics."""
 
     def __init__(self, dm: DeviceModel, n_support: int, n_way: int):
-        net = support_stats_batchnorm(exportable(dm.model).requires_grad_(False), n_support)
+        net = support_stats_batchnorm(exportable(dm.model, dm.rule["kind"] != "context")
+                                      .requires_grad_(False), n_support)
         names = adapting_tensors(dm)[0]
         for n in names if dm.rule["kind"] == "gradient" else []:
             # inputs of this method: the stored copy would be dead weight in the program
@@ -299,6 +439,54 @@ class Predict(_Program):
 
 
 # ---- export -----------------------------------------------------------------------------------
+def transpose_smaller_mm(gm: torch.fx.GraphModule) -> Any:
+    """Edge-graph pass: ``mm(A, X^T)`` as ``(X @ A^T)^T`` and ``mm(X^T, B)`` as
+    ``(B^T @ X)^T`` where the transposed ``X`` has more elements than the other operand and
+    the product together. A weight gradient (``G @ cols^T``) otherwise transposes the whole
+    im2col matrix, element by element (ExecuTorch's ``permute_copy``); this transposes the
+    output gradient and the small product instead. Same dot products."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    mm, perm = exir_ops.edge.aten.mm.default, exir_ops.edge.aten.permute_copy.default
+    graph = gm.graph
+
+    def transposed(n: Any) -> bool:
+        return (isinstance(n, torch.fx.Node) and n.target == perm
+                and list(n.args[1]) == [1, 0])
+
+    def t(n: torch.fx.Node) -> torch.fx.Node:
+        if transposed(n):
+            return n.args[0]
+        out = graph.call_function(perm, (n, [1, 0]))
+        out.meta["val"] = n.meta["val"].t().contiguous()
+        return out
+
+    changed = False
+    for node in list(graph.nodes):
+        if node.target != mm:
+            continue
+        a, b = node.args
+        size = node.meta["val"].numel()
+        for big, other, right in ((b, a, True), (a, b, False)):
+            if transposed(big) and big.meta["val"].numel() > other.meta["val"].numel() + size:
+                x = big.args[0]
+                with graph.inserting_before(node):
+                    ot = t(other)
+                    prod = graph.call_function(mm, (x, ot) if right else (ot, x))
+                    prod.meta["val"] = (x.meta["val"] @ ot.meta["val"] if right
+                                        else ot.meta["val"] @ x.meta["val"])
+                    out = t(prod)
+                node.replace_all_uses_with(out)
+                graph.erase_node(node)
+                changed = True
+                break
+    if changed:
+        graph.eliminate_dead_code()
+        gm.recompile()
+    return PassResult(gm, changed)
+
+
 @contextlib.contextmanager
 def _quiet(enabled: bool = True):
     if not enabled:
@@ -363,7 +551,8 @@ def build_program(dm: DeviceModel, k_shot: int = 1, max_queries: int = DEFAULT_M
             "model": dm.meta["model"], "source": Path(source).name}
     blob = torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
     with _quiet(quiet):
-        prog = to_edge(methods, constant_methods={META_METHOD: blob}).to_executorch()
+        edge = to_edge(methods, constant_methods={META_METHOD: blob})
+        prog = edge.transform([transpose_smaller_mm]).to_executorch()
     return prog.buffer, meta
 
 
