@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "name the sparsest round that met it (OUT/validation.json)")
     p.add_argument("--patience", type=POSITIVE, default=None, metavar="ROUNDS",
                    help=f"with --max-drop: stop after ROUNDS consecutive rounds over the "
-                   f"budget (default {DEFAULT_PATIENCE}; 1 stops at the first)")
+                   f"budget (default {DEFAULT_PATIENCE}; more tolerates a noisy validation round)")
     p.add_argument("--val-split", default=None,
                    help="validation split (default: the config's data.val_split, else 'val'; "
                    "its classes must not be the test split's)")
