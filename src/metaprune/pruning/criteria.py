@@ -39,7 +39,7 @@ from .hessian import (
 __all__ = ["Scores", "Criterion", "ANP", "LOBS", "Magnitude", "Random", "TaylorMeta",
            "TaylorMetaFO", "CRITERIA", "register_criterion", "get_criterion", "obs_saliency",
            "obs_compensation", "H_DATA_CHOICES", "DEFAULT_H_DATA", "DEFAULT_PATCH_STRIDE",
-           "OBS_WEIGHTS_CHOICES"]
+           "OBS_WEIGHTS_CHOICES", "layer_of"]
 
 H_DATA_CHOICES = ("support", "query", "both")
 # measured on glyphs (benchmarks/results/anp_h_data.md): with the iterative schedule and
@@ -70,7 +70,8 @@ class Scores:
     start: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _module_of(model: nn.Module, param_name: str) -> nn.Module:
+def layer_of(model: nn.Module, param_name: str) -> nn.Module:
+    """The module that owns the weight ``param_name`` (e.g. 'features.1.0.weight')."""
     if not param_name.endswith(".weight"):
         raise ValueError(f"'{param_name}' is not a layer weight")
     return dict(model.named_modules())[param_name[: -len(".weight")]]
@@ -370,7 +371,7 @@ class _OBS(Criterion):
         bns = batchnorm_after(model) if self.bn_aware else {}
         scores, hinv, start, missing = {}, {}, {}, []
         for n in names:
-            mod = _module_of(model, n)
+            mod = layer_of(model, n)
             w = weight_matrix(mod).detach()
             if n not in H:
                 missing.append(n)
@@ -400,7 +401,7 @@ class _OBS(Criterion):
         for n, hi in scores.hinv.items():
             if n not in masks:
                 continue
-            mod = _module_of(model, n)
+            mod = layer_of(model, n)
             d = hi.shape[0]
             mode = self.compensation
             if mode == "auto":

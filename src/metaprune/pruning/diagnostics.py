@@ -20,7 +20,7 @@ from ..data.tasks import Task
 from ..learners import Learner
 from ..masks import prunable_weights
 from .allocation import allocate
-from .criteria import ANP, LOBS, _module_of, obs_saliency
+from .criteria import ANP, LOBS, layer_of, obs_saliency
 from .hessian import damped_inverse, weight_matrix
 
 
@@ -87,7 +87,7 @@ def adaptation_shift(learner: Learner, tasks_a: Sequence[Task], tasks_b: Sequenc
                                / meta[n].norm().clamp_min(1e-300)) / len(tasks_a)
     rows = []
     for n in names:
-        mod = _module_of(learner.model, n)
+        mod = layer_of(learner.model, n)
         w = weight_matrix(mod).detach().double()
         k = mod.weight[0].numel()
         sal = {key: obs_saliency(w, damped_inverse(h[n], anp.damping))[:, :k]
