@@ -104,13 +104,17 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
         acc_e.append((pb == t.query_y).float().mean().item())
     t = sampler.task(0)
 
-    def median_ms(fn) -> float:
-        return 1000 * _report.median_seconds(fn, args.reps, warmup=2)
-
-    ms_t = median_ms(lambda: dm.adapt(t.support_x, t.support_y))
-    ms_e = median_ms(lambda: em.adapt(t.support_x, t.support_y))
-    pred_t = median_ms(lambda: a.logits(t.query_x))
-    pred_e = median_ms(lambda: b.logits(t.query_x))
+    # the runtimes take turns, run by run, so that a shared machine's load slows both alike
+    fns = [lambda: dm.adapt(t.support_x, t.support_y), lambda: em.adapt(t.support_x, t.support_y),
+           lambda: a.logits(t.query_x), lambda: b.logits(t.query_x)]
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(2 + args.reps):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            if i >= 2:  # two warm-up rounds
+                ts.append(time.perf_counter() - t0)
+    ms_t, ms_e, pred_t, pred_e = (1000 * statistics.median(ts) for ts in times)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MALLOC_MMAP_THRESHOLD_": "65536",
            "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": str(args.threads)}
     mem = {}
@@ -140,6 +144,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "adapt_ms_torch": round(ms_t, 1), "adapt_ms_executorch": round(ms_e, 1),
             "adapt_time_ratio": round(ms_e / ms_t, 2),
             "predict_ms_torch": round(pred_t, 1), "predict_ms_executorch": round(pred_e, 1),
+            "predict_time_ratio": round(pred_e / pred_t, 2),
             "load_adapt_peak_kib_torch": mem["torch"]["load_adapt_kb"],
             "load_adapt_peak_kib_executorch": mem["executorch"]["load_adapt_kb"],
             "adapt_peak_kib_torch": mem["torch"]["adapt_kb"],
@@ -182,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
              "class from both\n"
              f"- executorch {executorch.version.__version__}, {args.threads} thread(s) in both "
              f"runtimes (torch.set_num_threads, ExecuTorch's thread pool); times: median of "
-             f"{args.reps} runs on episode 0 (adapt = the rule's steps; predict = all "
-             f"{args.n_way * args.queries} queries)\n"
+             f"{args.reps} runs on episode 0, the two runtimes taking turns run by run "
+             f"(adapt = the rule's steps; predict = all {args.n_way * args.queries} queries)"
+             "; predict_time_ratio = ExecuTorch / PyTorch\n"
              f"- peak memory: median of {args.mem_reps} fresh processes, increase of VmHWM "
              "over the resident set after the imports: load_adapt = loading the model file "
              "and adapting once (ExecuTorch plans and allocates its memory when it loads a "
