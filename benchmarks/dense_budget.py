@@ -25,7 +25,7 @@ from _report import RESULTS, write_results  # noqa: E402
 SOURCES = [
     ("sparsity_A", 5, "H100"), ("sparsity_A_d900_enddense_ps5", 5, "H100 + CPU"),
     ("sparsity_A_d2700_enddense_ps5", 5, "H100 + CPU"),
-    ("ootb_omniglot5", 5, "CPU, shipped config"),
+    ("ootb_omniglot5", 5, "CPU, 1000 iterations"), ("ootb_omniglot5_cpu", 5, "CPU, shipped config"),
     ("sparsity_B", 20, "H100"), ("sparsity_B_d900_enddense_r100", 20, "H100 + CPU"),
     ("ootb_omniglot20_w64", 20, "CPU, 3 inner steps"),
     ("ootb_omniglot20_cpu", 20, "CPU, shipped config"),

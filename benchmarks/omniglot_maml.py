@@ -5,7 +5,7 @@ fixed tasks, and writes benchmarks/results/omniglot_maml_<tag>.{csv,md}. Resumab
 ``metaprune train``'s checkpoint in --run-dir, so re-running after a kill continues.
 
     METAPRUNE_DATA=../shared/data python benchmarks/omniglot_maml.py \
-        --config configs/omniglot_5w1s_conv4_cpu.yaml --run-dir runs/omniglot_5w1s
+        --config configs/omniglot_5w1s_cpu.yaml --run-dir runs/omniglot_5w1s
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from metaprune.cli import main as metaprune_main
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    ap.add_argument("--config", default="configs/omniglot_5w1s_conv4_cpu.yaml")
+    ap.add_argument("--config", default="configs/omniglot_5w1s_cpu.yaml")
     ap.add_argument("--run-dir", default="runs/omniglot_5w1s")
     ap.add_argument("--tag", default="5w1s_conv4_cpu")
     ap.add_argument("--device", default="cpu")

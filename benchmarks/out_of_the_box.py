@@ -1,6 +1,6 @@
 """What a new user gets: a shipped config and the CLI defaults, run as the README says.
 
-    python benchmarks/out_of_the_box.py --config configs/omniglot_5w1s_conv4_cpu.yaml \\
+    python benchmarks/out_of_the_box.py --config configs/omniglot_5w1s_cpu.yaml \\
         --run-dir runs/ootb_omniglot5 --name ootb_omniglot5 [--paper] [--also OPTIONS]
 
 Runs ``metaprune train``, ``metaprune prune`` (anp, then magnitude; ``--paper`` adds anp under
