@@ -76,8 +76,8 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "commands.log"
     dense = run_dir / "dense"
-    run(["metaprune", "train", "--config", args.config, "--out", str(dense),
-                            "--no-progress"], log)
+    run(["metaprune", "train", "--config", args.config, "--out", str(dense), "--no-progress"],
+        log)
     jobs = [("anp", ["--method", "anp"]), ("magnitude", ["--method", "magnitude"])]
     if args.paper:
         jobs.append(("anp, --preset paper", ["--method", "anp", "--preset", "paper"]))

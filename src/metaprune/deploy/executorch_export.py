@@ -72,16 +72,14 @@ ADAPT_POOL = "indices"   # AmaxPool2's mode in adapt_loss (predict: "where")
 
 
 # ---- ExecuTorch-friendly layers ---------------------------------------------------------------
-def amax_pool2(x: torch.Tensor, ceil_mode: bool = False, first_max: bool = True
-               ) -> torch.Tensor:
+def amax_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
     """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as comparisons of the windows' entries
     (ExecuTorch's max-pool backward is wrong): the maximum of each row pair, then of the two
     rows, ``torch.where`` keeping the earlier entry on ties, so the gradient goes to each
-    window's first maximum in row-major order, as max-pooling's does. (``first_max`` is kept
-    for the callers; both give that gradient.) Horizontal pairs are the even/odd entries of
-    the flattened map and vertical pairs halves of a row pair: no transpose, ``argmax`` or
-    ``gather``, whose ExecuTorch kernels are element-by-element loops."""
-    del first_max
+    window's first maximum in row-major order, as max-pooling's does. Horizontal pairs are
+    the even/odd entries of the flattened map and vertical pairs halves of a row pair: no
+    transpose, ``argmax`` or ``gather``, whose ExecuTorch kernels are element-by-element
+    loops."""
     h, w = x.shape[-2:]
     if ceil_mode:  # an odd last row / column is a window of its own (-inf borders by
         # concatenation: F.pad's backward exports as a negative pad, which ExecuTorch refuses)
@@ -137,14 +135,20 @@ class MatmulConv2d(nn.Module):
         self.kh, self.kw = conv.kernel_size
         self.ph, self.pw = conv.padding
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        if self.pw:  # F.pad's backward exports as a negative pad, which ExecuTorch refuses
-            z = x.new_zeros(n, c, h, self.pw)
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (any two leading dims) with the zero borders of the padding, by concatenation
+        (F.pad's backward exports as a negative pad, which ExecuTorch refuses)."""
+        if self.pw:
+            z = x.new_zeros(*x.shape[:3], self.pw)
             x = torch.cat([z, x, z], dim=3)
         if self.ph:
-            z = x.new_zeros(n, c, self.ph, x.shape[3])
+            z = x.new_zeros(*x.shape[:2], self.ph, x.shape[3])
             x = torch.cat([z, x, z], dim=2)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        x = self.padded(x)
         ho, wo = x.shape[2] - self.kh + 1, x.shape[3] - self.kw + 1
         cols = torch.stack([x[:, :, i:i + ho, j:j + wo] for i in range(self.kh)
                             for j in range(self.kw)], dim=2)          # (N, C, kh*kw, Ho, Wo)
@@ -188,13 +192,8 @@ class CnhwConv2d(MatmulConv2d):
     transposes (``permute_copy``) of the NCHW im2col dominated the program's time."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c, n, h, w = x.shape
-        if self.pw:
-            z = x.new_zeros(c, n, h, self.pw)
-            x = torch.cat([z, x, z], dim=3)
-        if self.ph:
-            z = x.new_zeros(c, n, self.ph, x.shape[3])
-            x = torch.cat([z, x, z], dim=2)
+        c, n = x.shape[:2]
+        x = self.padded(x)
         hp, wp = x.shape[2], x.shape[3]
         ho, wo, span = hp - self.kh + 1, wp - self.kw + 1, (hp - self.kh + 1) * wp
         flat = x.reshape(c, n, hp * wp)
