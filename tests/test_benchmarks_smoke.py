@@ -440,3 +440,25 @@ def test_validation_curves(tmp_path, tiny_config) -> None:
     a2 = EvalResult.load(tmp_path / "anp" / "validation" / "round02.json")
     assert float(got[3]["second_minus_first"]) == round(100 * paired_difference(r2, a2).mean, 2)
     assert r2.task_fingerprint == a2.task_fingerprint and r2.accuracies.size == 8
+
+
+def test_dense_extension(tmp_path, tiny_config) -> None:
+    from metaprune.cli import main as cli
+    from metaprune.evaluation import EvalResult, paired_difference
+
+    start = ["--set", "train.iterations=2"]
+    assert cli(["train", "--config", str(tiny_config), "--out", str(tmp_path / "d"), *start,
+                "--workers", "1", "--no-progress"]) == 0
+    run_script("dense_extension", "--config", str(tiny_config), *start, "--start",
+               str(tmp_path / "d"), "--to", "3,4", "--run-dir", str(tmp_path / "ext"),
+               "--tasks", "5", "--workers", "1", "--no-progress", "--name", "smoke_ext",
+               results=tmp_path)
+    got = rows(tmp_path / "smoke_ext.csv")
+    assert [r["iterations"] for r in got] == ["2", "3", "4"] and got[0]["test_gain"] == ""
+    assert read_meta(tmp_path / "ext" / "d4" / "model")["extended_from"] == [2, 3]
+    # the rows are the cached evaluations: a paired gain on the same test tasks
+    d3, d4 = (EvalResult.load(tmp_path / "ext" / f"d{n}" / "extension_test.json") for n in (3, 4))
+    assert float(got[2]["test_gain"]) == round(100 * paired_difference(d4, d3).mean, 2)
+    train4 = EvalResult.load(tmp_path / "ext" / "d4" / "extension_train.json")
+    assert train4.accuracies.size == 5 and float(got[2]["train_split_accuracy"]) == round(
+        100 * train4.accuracy, 2)

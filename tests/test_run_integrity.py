@@ -40,6 +40,30 @@ def test_a_finished_train_rerun_with_other_settings_is_refused(tmp_path, capsys)
     assert json.loads((out / "model.json").read_text())["iteration"] == 4
 
 
+def test_extending_a_finished_run_equals_training_that_long_at_once(tmp_path, capsys):
+    once, extended = tmp_path / "once", tmp_path / "extended"
+    assert main(["train", "--out", str(once), "--set", "train.iterations=4", *TINY]) == 0
+    assert main(["train", "--out", str(extended), "--set", "train.iterations=2", *TINY]) == 0
+    capsys.readouterr()
+    for refused, why in [(["--set", "train.iterations=1"], "already holds 2 iterations"),
+                         (["--set", "train.iterations=4", "--set", "learner.inner_lr=0.2"],
+                          "another config (learner.inner_lr: 0.4 -> 0.2)")]:
+        assert main(["train", "--out", str(extended), "--extend", *TINY, *refused]) == 2
+        assert why in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "none"), "--extend", *TINY]) == 2
+    assert "holds no trained model to continue" in capsys.readouterr().err
+    before = json.loads((extended / "model.json").read_text())
+    assert main(["train", "--out", str(extended), "--extend", "--set", "train.iterations=4",
+                 *TINY]) == 0
+    a = load_checkpoint(once / "model", with_optimizer=False).learner
+    b = load_checkpoint(extended / "model", with_optimizer=False).learner
+    for name, w in a.meta_parameters().items():
+        assert torch.equal(w, b.meta_parameters()[name]), name
+    after = json.loads((extended / "model.json").read_text())
+    assert after["iteration"] == 4 and after["extended_from"] == [2]
+    assert after["train_seconds"] > before["train_seconds"]
+
+
 def test_pruning_another_model_into_a_finished_run_is_refused(tmp_path):
     sampler = TaskSampler(glyphs("train", num_classes=10, samples_per_class=4), 5, 1, 2)
     opts = dict(method="magnitude", sparsity=0.5, schedule="0.5", retrain_iters=0,

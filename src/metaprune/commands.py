@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoint 'model', eval files)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in --out, deleting the run found there")
+    p.add_argument("--extend", action="store_true",
+                   help="continue the run in --out to a larger train.iterations (every other "
+                   "setting must be the run's); the result equals training that long at once")
     p.add_argument("--eval-tasks", type=POSITIVE,
                    help="test tasks after training (default: config)")
     _common(p)
@@ -78,27 +81,53 @@ def register(sub: argparse._SubParsersAction) -> None:
 TRAIN_RUN_FILES = ("model.safetensors", "model.json", "eval_test.json", "test_tasks.json")
 
 
+def extension_refusal(out: Path, saved: dict, cfg: dict, done: int) -> list[str]:
+    """Why ``train --extend`` may not continue the run in ``out`` under ``cfg`` (empty: it may).
+
+    Only ``train.iterations`` may change, and only upwards: the sampler and the optimiser state
+    continue where they stopped, so the extended model equals one trained that long at once.
+    """
+    other = [d for d in config_diff(saved, cfg) if not d.startswith("train.iterations:")]
+    if other:
+        return other
+    wanted = int(cfg["train"]["iterations"])
+    if wanted < done:
+        raise ValueError(f"'{out}' already holds {done} iterations; --extend needs "
+                         f"train.iterations above that, got {wanted}")
+    return []
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     out = Path(args.out)
     ckpt = out / "model"
     cfg = load_config(args.config, args.set)
+    if args.overwrite and args.extend:
+        raise ValueError("--overwrite deletes the run that --extend would continue: give one")
     if args.overwrite:
         if is_main():
             for name in TRAIN_RUN_FILES:
                 (out / name).unlink(missing_ok=True)
         barrier()
     done = last_iteration(ckpt)
+    extended_from: list[int] = []
+    if done is None and args.extend:
+        raise ValueError(f"--extend: '{out}' holds no trained model to continue")
     if done is not None:  # resume or reuse, only with the config that made the run
         c = load_checkpoint(ckpt, device=device)
         saved = validate_config(c.meta["config"])
         diff = config_diff(saved, cfg)
+        if args.extend:
+            diff = extension_refusal(out, saved, cfg, done)
         if diff:
             raise ValueError(
                 f"'{out}' holds a run made with another config ({'; '.join(diff[:6])}): "
-                "repeat its --config/--set to resume it, or start fresh with a new --out "
-                "or --overwrite")
+                "repeat its --config/--set to resume it, --extend it to more train.iterations, "
+                "or start fresh with a new --out or --overwrite")
         learner = c.learner
+        extended_from = list(c.meta.get("extended_from", []))
+        if saved["train"]["iterations"] != cfg["train"]["iterations"]:
+            extended_from.append(int(saved["train"]["iterations"]))
         if is_main():
             print(f"resuming {ckpt} from iteration {done}", file=sys.stderr)
     else:
@@ -108,6 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if learner is None:
         learner = make_learner(cfg, train_data, device)
     meta = {"config": cfg, "data": cfg["data"], "kind": "dense"}
+    if extended_from:  # the train.iterations of the runs this one continued
+        meta["extended_from"] = extended_from
     t = cfg["train"]
     meta_train(learner, train_sampler(cfg, train_data), int(t["iterations"]),
                int(t["meta_batch"]), start_iteration=done, checkpoint_path=ckpt,
