@@ -462,3 +462,5 @@ def test_dense_extension(tmp_path, tiny_config) -> None:
     train4 = EvalResult.load(tmp_path / "ext" / "d4" / "extension_train.json")
     assert train4.accuracies.size == 5 and float(got[2]["train_split_accuracy"]) == round(
         100 * train4.accuracy, 2)
+    assert (train4.meta["tasks_source"], d4.meta["tasks_source"]) == ("glyphs/train",
+                                                                      "glyphs/test")

@@ -91,6 +91,23 @@ def test_cached_results_match_only_the_same_model_tasks_and_steps():
         paired_difference(res, other_steps)
 
 
+def test_results_on_two_splits_with_equal_task_specs_are_never_paired_or_reused():
+    from metaprune.experiment import test_tasks
+
+    cfg = {"data": {"dataset": "glyphs", "n_way": 5, "k_shot": 1, "q_query": 2},
+           "eval": {"tasks": 3, "seed": 7}}
+    splits = {s: glyphs(s, num_classes=10, samples_per_class=4) for s in ("train", "test")}
+    lists = {s: test_tasks(cfg, d, split=s) for s, d in splits.items()}
+    # equal class counts: the same specs, so the spec fingerprint alone cannot tell them apart
+    assert lists["train"].fingerprint() == lists["test"].fingerprint()
+    learner = random_pruned_learner("maml", width=8, seed=1)
+    res = {s: evaluate(learner, splits[s], lists[s], progress=False) for s in splits}
+    assert res["test"].matches(lists["test"], learner)
+    assert not res["test"].matches(lists["train"], learner)
+    with pytest.raises(ValueError, match="tasks from one split: glyphs/train vs glyphs/test"):
+        paired_difference(res["train"], res["test"])
+
+
 HOLD = "import sys, time\nfrom metaprune.io import folder_lock\nwith folder_lock(sys.argv[1]):\n" \
        "    print('held', flush=True)\n    time.sleep(600)\n"
 

@@ -58,8 +58,10 @@ class EvalResult:
         config) on ``tasks`` with ``steps`` test-time steps (default: the learner's): what a
         cached result must satisfy to be reused."""
         steps = learner.eval_inner_steps if steps is None else steps
+        source = self.meta.get("tasks_source")
         return (self.task_fingerprint == tasks.fingerprint() and self.steps == steps
-                and self.meta.get("model_digest") == learner.digest())
+                and self.meta.get("model_digest") == learner.digest()
+                and (source is None or tasks.source is None or source == tasks.source))
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps({**self.summary(),
@@ -88,7 +90,10 @@ def evaluate(learner: Learner, dataset: ClassDataset, tasks: TaskList, steps: in
         task = build_task(dataset, tasks.specs[i]).to(device)
         local[j] = learner.evaluate_task(task, steps=steps)
     accs = gather_in_order(local, len(tasks)).numpy()
-    return EvalResult(accs, tasks.fingerprint(), steps, {"model_digest": learner.digest()})
+    meta = {"model_digest": learner.digest()}
+    if tasks.source is not None:
+        meta["tasks_source"] = tasks.source
+    return EvalResult(accs, tasks.fingerprint(), steps, meta)
 
 
 @dataclass
@@ -107,6 +112,10 @@ def paired_difference(a: EvalResult, b: EvalResult) -> PairedDifference:
         raise ValueError(f"paired comparison needs the same task list: fingerprints "
                          f"{a.task_fingerprint} ({a.accuracies.size} tasks) vs "
                          f"{b.task_fingerprint} ({b.accuracies.size} tasks)")
+    sources = (a.meta.get("tasks_source"), b.meta.get("tasks_source"))
+    if None not in sources and sources[0] != sources[1]:
+        raise ValueError(f"paired comparison needs tasks from one split: {sources[0]} vs "
+                         f"{sources[1]}")
     if a.steps != b.steps:
         raise ValueError(f"paired comparison needs the same number of adaptation steps: "
                          f"{a.steps} vs {b.steps}")

@@ -130,6 +130,14 @@ class TaskList:
         for s in self.specs:
             yield build_task(dataset, s)
 
+    @property
+    def source(self) -> str | None:
+        """``dataset/split`` the tasks were drawn from, when the list records it: equal specs
+        drawn from two splits of equal size are different tasks."""
+        if "dataset" in self.meta and "split" in self.meta:
+            return f"{self.meta['dataset']}/{self.meta['split']}"
+        return None
+
     def fingerprint(self) -> str:
         import hashlib
 
