@@ -164,21 +164,45 @@ class GlobalMean(nn.Module):
         return x.mean(dim=(-2, -1), keepdim=True)
 
 
-class SupportStatsBatchNorm(nn.Module):
-    """A BatchNorm that normalises every row with the statistics (mean, biased variance) of
-    the first ``n_support`` rows: the support set's, as ``runtime.freeze_batchnorm`` freezes
-    them."""
+def channel_mean(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Per-channel mean (keepdim) of ``x``, one dimension at a time from the last.
+    ExecuTorch's reductions add in one float32 pass: one mean over N*H*W entries (3920 at
+    Omniglot's first layer) erred up to 3e-3 where these short sums err as eager's (1e-6), and
+    an error that size flips a max-pooling window between two near-equal entries, which sends
+    that window's gradient to another position (benchmarks/results/executorch_report.md)."""
+    for d in reversed(range(x.dim())):
+        if d != channel_dim:
+            x = x.mean(d, keepdim=True)
+    return x
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, n_support: int):
+
+class BatchStatsNorm(nn.Module):
+    """A BatchNorm without running statistics, written as the ops ExecuTorch computes as
+    accurately as eager (:func:`channel_mean`): normalise with the batch's statistics (mean,
+    biased variance) or, with ``n_support``, those of the first ``n_support`` images (the
+    support set's, as ``runtime.freeze_batchnorm`` freezes them). ``channel_dim``: 1 for NCHW
+    activations, 0 for channel-major ``(C, N, H, W)`` ones (:class:`CnhwSequential`)."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, channel_dim: int = 1,
+                 n_support: int | None = None):
         super().__init__()
         self.weight, self.bias = bn.weight, bn.bias   # same names as the BatchNorm's
-        self.eps, self.n_support = bn.eps, n_support
+        self.eps, self.channel_dim, self.n_support = bn.eps, channel_dim, n_support
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x[: self.n_support]
-        dims = [d for d in range(x.dim()) if d != 1]
-        return F.batch_norm(x, s.mean(dims), s.var(dims, unbiased=False), self.weight,
-                            self.bias, False, 0.0, self.eps)
+        batch_dim = 1 - self.channel_dim
+        s = x if self.n_support is None else x.narrow(batch_dim, 0, self.n_support)
+        mean = channel_mean(s, self.channel_dim)
+        centred = x - mean
+        s_centred = centred if self.n_support is None else s - mean
+        var = channel_mean(s_centred * s_centred, self.channel_dim)
+        shape = [1] * x.dim()
+        shape[self.channel_dim] = -1
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.reshape(shape)
+        out = centred * scale
+        return out + self.bias.reshape(shape) if self.bias is not None else out
 
 
 class CnhwConv2d(MatmulConv2d):
@@ -211,26 +235,6 @@ class CnhwConv2d(MatmulConv2d):
         return out[..., :wo] if wo < wp else out
 
 
-class CnhwBatchNorm(nn.Module):
-    """A BatchNorm without running statistics on ``(C, N, H, W)`` activations (viewed as one
-    ``(1, C, N*H*W, 1)`` sample: the same per-channel statistics); ``n_support``: normalise
-    with the statistics of the first ``n_support`` images (:class:`SupportStatsBatchNorm`)."""
-
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, n_support: int | None = None):
-        super().__init__()
-        self.weight, self.bias = bn.weight, bn.bias
-        self.eps, self.n_support = bn.eps, n_support
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(1, x.shape[0], -1, 1)
-        if self.n_support is None:
-            return F.batch_norm(flat, None, None, self.weight, self.bias, True, 0.0,
-                                self.eps).reshape(x.shape)
-        s = x[:, : self.n_support].reshape(x.shape[0], -1)
-        return F.batch_norm(flat, s.mean(1), s.var(1, unbiased=False), self.weight, self.bias,
-                            False, 0.0, self.eps).reshape(x.shape)
-
-
 class CnhwSequential(nn.Sequential):
     """A sequential feature extractor run on ``(C, N, H, W)`` activations: one transpose in,
     one out (same children, so the same parameter names)."""
@@ -243,9 +247,7 @@ def _cnhw_convertible(m: nn.Module) -> bool:
     """Whether every layer of ``m`` has a channel-major form (Conv4's layer types)."""
     if isinstance(m, nn.Sequential):
         return len(m) > 0 and all(_cnhw_convertible(c) for c in m)
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return m.running_mean is None
-    return isinstance(m, (nn.ReLU, MaxPool2, AmaxPool2, MatmulConv2d))
+    return isinstance(m, (nn.ReLU, MaxPool2, AmaxPool2, MatmulConv2d, BatchStatsNorm))
 
 
 def _cnhw(m: nn.Module) -> nn.Module:
@@ -261,8 +263,8 @@ def _cnhw(m: nn.Module) -> nn.Module:
         conv = CnhwConv2d.__new__(CnhwConv2d)
         conv.__dict__.update(m.__dict__)
         return conv
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        return CnhwBatchNorm(m)
+    if isinstance(m, BatchStatsNorm):
+        m.channel_dim = 0
     return m
 
 
@@ -294,6 +296,8 @@ def exportable(model: nn.Module, channel_major: bool = True, pool: str = "where"
                              "with stride 2)")
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
             return GlobalMean()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None:
+            return BatchStatsNorm(m)
         if (isinstance(m, nn.Conv2d) and m.stride == (1, 1) and m.dilation == (1, 1)
                 and m.groups == 1 and m.padding_mode == "zeros"
                 and not isinstance(m.padding, str)):
@@ -313,11 +317,11 @@ def exportable(model: nn.Module, channel_major: bool = True, pool: str = "where"
 
 def support_stats_batchnorm(model: nn.Module, n_support: int) -> nn.Module:
     """``model`` (in place) with every BatchNorm normalising with the statistics of the first
-    ``n_support`` images (:class:`SupportStatsBatchNorm`, :class:`CnhwBatchNorm`)."""
+    ``n_support`` images (:class:`BatchStatsNorm`)."""
     def swap(m: nn.Module) -> nn.Module | None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            return SupportStatsBatchNorm(m, n_support)
-        if isinstance(m, CnhwBatchNorm):
+            return BatchStatsNorm(m, 1, n_support)
+        if isinstance(m, BatchStatsNorm):
             m.n_support = n_support
             return m
         return None
