@@ -5,7 +5,9 @@ For every model (a checkpoint; exported here to .mpz, then to .pte with ``build_
 bytes of the .pte, the .mpz, dense float32 and the information limit; agreement on fixed test
 episodes (the same predicted class for every query, both runtimes adapting with the stored
 rule and predicting with support-statistics BatchNorm; largest difference of adapted weights
-and of logits; accuracy of each); adaptation wall time (the rule's k steps, median) in each
+and of logits; each runtime's largest adapted-weight error against the same adaptation run in
+float64 by the PyTorch runtime, so that a difference is put next to eager float32's own
+rounding; accuracy of each); adaptation wall time (the rule's k steps, median) in each
 runtime at the same thread count; peak memory in fresh processes (increase of the resident
 set's high-water mark, VmHWM reset via /proc/self/clear_refs): of loading the model and
 adapting once, and of one adaptation after a warm-up.
@@ -81,16 +83,21 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     export_s = time.perf_counter() - t0
     rep = size_report(mpz)
     dm, em = load_runtime("torch", str(mpz)), load_runtime("executorch", str(pte))
+    dm64 = load_runtime("torch", str(mpz))
+    dm64.model.double()  # the float64 reference adaptation
     ds = get_dataset(args.dataset, args.split, args.root, **args.options)
     sampler = TaskSampler(ds, args.n_way, args.k_shot, args.queries, seed=args.seed)
     same_tasks = same_queries = queries = 0
-    max_w = max_logit = 0.0
+    max_w = max_logit = err_t = err_e = 0.0
     acc_t, acc_e = [], []
     for i in range(args.tasks):
         t = sampler.task(i)
         a, b = dm.adapt(t.support_x, t.support_y), em.adapt(t.support_x, t.support_y)
+        ref = dm64.adapt(t.support_x.double(), t.support_y)
         for n, p in b.params.items():
             max_w = max(max_w, (p - a.params[n]).abs().max().item())
+            err_t = max(err_t, (a.params[n].double() - ref.params[n]).abs().max().item())
+            err_e = max(err_e, (p.double() - ref.params[n]).abs().max().item())
             keep = dm.masks.get(n)
             if keep is not None and not bool((p[~keep] == 0).all()):
                 raise AssertionError(f"{name}: a pruned weight of {n} moved in ExecuTorch")
@@ -139,6 +146,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "tasks": n, "tasks_same_classes": same_tasks,
             "queries_same_class": f"{same_queries}/{queries}",
             "max_weight_diff": f"{max_w:.1e}", "max_logit_diff": f"{max_logit:.1e}",
+            "weight_err_f64_torch": f"{err_t:.1e}", "weight_err_f64_executorch": f"{err_e:.1e}",
             "acc_torch": round(100 * statistics.mean(acc_t), 2),
             "acc_executorch": round(100 * statistics.mean(acc_e), 2),
             "adapt_ms_torch": round(ms_t, 1), "adapt_ms_executorch": round(ms_e, 1),
@@ -184,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.k_shot}-shot, {args.queries} queries per class, task seed {args.seed}; "
              "both runtimes adapt with the stored rule and predict with support-statistics "
              "BatchNorm; tasks_same_classes = episodes in which every query gets the same "
-             "class from both\n"
+             "class from both; weight_err_f64_torch / weight_err_f64_executorch = each "
+             "runtime's largest adapted-weight error against the same adaptation in float64 "
+             "(PyTorch runtime), so max_weight_diff can be read against eager float32's own "
+             "rounding\n"
              f"- executorch {executorch.version.__version__}, {args.threads} thread(s) in both "
              f"runtimes (torch.set_num_threads, ExecuTorch's thread pool); times: median of "
              f"{args.reps} runs on episode 0, the two runtimes taking turns run by run "

@@ -393,6 +393,9 @@ def test_executorch_report(curve, tmp_path) -> None:
     (got,) = rows(tmp_path / "smoke_et.csv")
     assert got["model"] == "anp" and got["tasks"] == "2" and int(got["pte_bytes"]) > 0
     assert float(got["max_logit_diff"]) < 1e-2  # the two runtimes compute the same thing
+    # against float64, each runtime errs about as little as float32 rounding can
+    assert float(got["weight_err_f64_torch"]) < 1e-4
+    assert float(got["weight_err_f64_executorch"]) < 1e-4
     assert 0 <= int(got["tasks_same_classes"]) <= 2
     assert finite(got["acc_torch"]) and float(got["adapt_ms_executorch"]) > 0
 
