@@ -300,7 +300,7 @@ def test_cli_presets_choose_the_pruned_layers_and_the_retraining(tmp_path, capsy
         return args
 
     a = resolved("recommended", 3000)
-    assert (a.exclude_first, a.exclude_last, a.retrain_iters) == (True, True, 300)
+    assert (a.exclude_first, a.exclude_last, a.retrain_iters) == (True, True, 600)
     assert resolved("recommended", 400).retrain_iters == 100      # never below 100
     a = resolved("paper", 3000)
     assert (a.exclude_first, a.exclude_last, a.retrain_iters) == (False, False, 100)

@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-round increments, e.g. '0.1x8,0.05' (the default), or 'one-shot'")
     p.add_argument("--preset", choices=sorted(PRESETS), default="recommended",
                    help="recommended (default): first conv layer and head dense, re-training "
-                   "per round = max(100, dense iterations / 10), the best-measured setting "
+                   "per round = max(100, dense iterations / 5), the best-measured setting "
                    "(benchmarks/README.md, items 4, 8, 14); paper: every layer pruned, 100 "
                    "re-training iterations per round, the method as published")
     p.add_argument("--retrain-iters", type=NON_NEGATIVE, default=None,
@@ -145,7 +145,7 @@ STRUCTURED = "anp-structured"
 PRESETS = {"recommended": {"exclude_first": True, "exclude_last": True, "retrain": "scaled"},
            "paper": {"exclude_first": False, "exclude_last": False, "retrain": 100}}
 MIN_RETRAIN_ITERS = 100
-RETRAIN_SHARE = 10  # recommended: re-training per round = dense iterations / this
+RETRAIN_SHARE = 5  # recommended: re-training per round = dense iterations / this
 
 
 def apply_preset(args: argparse.Namespace, dense_iterations: int) -> str:
