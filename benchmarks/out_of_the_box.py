@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _report import RESULTS, write_results  # noqa: E402
 
 from metaprune.checkpoint import load_checkpoint, read_meta  # noqa: E402
+from metaprune.data.tasks import TaskList  # noqa: E402
 from metaprune.evaluation import EvalResult, paired_difference  # noqa: E402
 
 
@@ -103,11 +104,13 @@ def main() -> None:
             evals[label] = Path(state["rounds"][-1]["checkpoint"])
         dirs[label] = out
     results: dict[str, EvalResult] = {}
+    tasks = TaskList.load(dense / "test_tasks.json")  # written by `train`, as `evaluate` draws
     for label, ck in evals.items():
         save = run_dir / f"test_{slug(label)}.json"
-        # a resumed --max-drop run may choose another round: a cached result must be this model's
-        digest = load_checkpoint(ck).learner.digest()
-        if not save.exists() or EvalResult.load(save).meta.get("model_digest") != digest:
+        # a resumed --max-drop run may choose another round: a cached result must be this
+        # model's, on the dense run's test tasks
+        learner = load_checkpoint(ck).learner
+        if not save.exists() or not EvalResult.load(save).matches(tasks, learner):
             run(["metaprune", "evaluate", str(ck), "--save", str(save), "--no-progress"], log)
         results[label] = EvalResult.load(save)
     rows = []
