@@ -467,3 +467,17 @@ def test_dense_extension(tmp_path, tiny_config) -> None:
         100 * train4.accuracy, 2)
     assert (train4.meta["tasks_source"], d4.meta["tasks_source"]) == ("glyphs/train",
                                                                       "glyphs/test")
+
+
+def test_activation_memory(curve, tmp_path) -> None:
+    run, _ = curve
+    report = tmp_path / "smoke_dev.csv"
+    report.write_text("model,checkpoint,adapt_peak_rss_kb\n"
+                      f"dense,{run / 'dense'},400\nanp,{run / 'anp' / 'round02'},100\n")
+    run_script("activation_memory", "--report", "smoke_dev", "--support", "5", "--name",
+               "smoke_act", results=tmp_path)
+    dense, anp = rows(tmp_path / "smoke_act.csv")
+    # masks zero weights but keep every channel: the same activations, the report's peaks
+    assert int(dense["activation_kib"]) > 0 and dense["activation_kib"] == anp["activation_kib"]
+    assert (anp["activations_vs_first"], anp["peak_vs_first"]) == ("1.0", "0.25")
+    assert dense["params"] == anp["params"]
