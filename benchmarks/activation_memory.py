@@ -53,10 +53,11 @@ def main() -> None:
     for r in report:
         c = load_checkpoint(r["checkpoint"], with_optimizer=False)
         model = c.learner.model
-        channels = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
-        size = int((c.meta["data"].get("options") or {}).get("image_size", 28))
-        batch = torch.rand(args.support, channels, size, size,
-                           generator=torch.Generator().manual_seed(0))
+        shape = getattr(model, "config", {})  # what the registry built the model for
+        if "in_channels" not in shape or "image_size" not in shape:
+            raise SystemExit(f"{r['checkpoint']}: the model records no input size")
+        batch = torch.rand(args.support, shape["in_channels"], shape["image_size"],
+                           shape["image_size"], generator=torch.Generator().manual_seed(0))
         rows.append({"model": r["model"],
                      "params": sum(p.numel() for p in model.parameters()),
                      "activation_kib": round(activation_bytes(model, batch) / 1024),

@@ -17,6 +17,7 @@ stopped (``train`` resumes, evaluations are cached in each folder).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -28,24 +29,34 @@ from _report import RESULTS, accuracy_columns, cached_evaluation, write_results 
 from metaprune.checkpoint import load_checkpoint, paths  # noqa: E402
 from metaprune.evaluation import EvalResult, evaluate, paired_difference  # noqa: E402
 from metaprune.experiment import load_split, test_tasks  # noqa: E402
+from metaprune.training import last_iteration  # noqa: E402
 
 
 def extend(config: str, sets: list[str], source: Path, folder: Path, iterations: int,
-           workers: int | None, log: Path) -> None:
-    """``folder``'s model: ``source``'s model meta-trained on to ``iterations``."""
-    if not Path(paths(folder / "model")[0]).exists():
+           tasks: int | None, workers: int | None, log: Path) -> None:
+    """``folder``'s model: ``source``'s model meta-trained on to ``iterations`` (nothing to do
+    when ``folder`` holds it already, evaluated)."""
+    if last_iteration(folder / "model") == iterations and (folder / "eval_test.json").exists():
+        return
+    if last_iteration(folder / "model") is None:  # the json last: it names the weights' digest
         folder.mkdir(parents=True, exist_ok=True)
-        for src in paths(source / "model"):  # the json last: it names the weights' digest
-            shutil.copy2(src, folder / Path(src).name)
+        for src in paths(source / "model"):
+            tmp = folder / (Path(src).name + ".copying")
+            shutil.copy2(src, tmp)
+            os.replace(tmp, folder / Path(src).name)
     cmd = [sys.executable, "-m", "metaprune", "train", "--config", config, "--out", str(folder),
            "--extend", "--no-progress"]
     # the start's overrides first: the later --set wins
     cmd += [a for s in sets for a in ("--set", s)] + ["--set", f"train.iterations={iterations}"]
+    cmd += ["--eval-tasks", str(tasks)] if tasks else []
     cmd += ["--workers", str(workers)] if workers else []
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        tail = log.read_text().splitlines()[-5:]
+        raise SystemExit(f"train --extend into '{folder}' failed:\n" + "\n".join(tail))
 
 
 def main() -> None:
@@ -69,8 +80,8 @@ def main() -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     folders = [Path(args.start)]
     for n in targets:
-        extend(args.config, args.set, folders[-1], run_dir / f"d{n}", n, args.workers,
-               run_dir / "commands.log")
+        extend(args.config, args.set, folders[-1], run_dir / f"d{n}", n, args.tasks,
+               args.workers, run_dir / "commands.log")
         folders.append(run_dir / f"d{n}")
 
     cfg = load_checkpoint(folders[0] / "model", with_optimizer=False).meta["config"]
@@ -83,14 +94,13 @@ def main() -> None:
         c = load_checkpoint(folder / "model", with_optimizer=False)
         res = {}
         for k in splits:
-            # `train` evaluated its model on the config's test tasks already: reuse that
+            # `train` evaluated the test tasks already (the start folder's may be other ones)
             own = folder / "eval_test.json"
-            if k == "test" and own.exists() and EvalResult.load(own).matches(tasks[k], c.learner):
-                res[k] = EvalResult.load(own)
-                continue
-            res[k] = cached_evaluation(
-                folder / f"extension_{k}.json", tasks[k], c.learner,
-                lambda lr, k=k: evaluate(lr, data[k], tasks[k], progress=not args.no_progress))
+            cached = EvalResult.load(own) if k == "test" and own.exists() else None
+            res[k] = cached if cached is not None and cached.matches(tasks[k], c.learner) else \
+                cached_evaluation(folder / f"extension_{k}.json", tasks[k], c.learner,
+                                  lambda lr, k=k: evaluate(lr, data[k], tasks[k],
+                                                           progress=not args.no_progress))
         iterations = int(c.meta["iteration"])
         row = {"model": str(folder), "iterations": iterations,
                "tasks_seen": iterations * int(cfg["train"]["meta_batch"]),

@@ -459,14 +459,25 @@ def test_dense_extension(tmp_path, tiny_config) -> None:
     got = rows(tmp_path / "smoke_ext.csv")
     assert [r["iterations"] for r in got] == ["2", "3", "4"] and got[0]["test_gain"] == ""
     assert read_meta(tmp_path / "ext" / "d4" / "model")["extended_from"] == [2, 3]
-    # the rows are the cached evaluations: a paired gain on the same test tasks
-    d3, d4 = (EvalResult.load(tmp_path / "ext" / f"d{n}" / "extension_test.json") for n in (3, 4))
+    # the rows are the cached evaluations: a paired gain on the same test tasks; `train` made
+    # the extended models' (on --tasks), the start's 3 config tasks are not reused for 5
+    d3, d4 = (EvalResult.load(tmp_path / "ext" / f"d{n}" / "eval_test.json") for n in (3, 4))
+    assert (tmp_path / "d" / "extension_test.json").exists()
+    assert not (tmp_path / "ext" / "d4" / "extension_test.json").exists()
     assert float(got[2]["test_gain"]) == round(100 * paired_difference(d4, d3).mean, 2)
     train4 = EvalResult.load(tmp_path / "ext" / "d4" / "extension_train.json")
     assert train4.accuracies.size == 5 and float(got[2]["train_split_accuracy"]) == round(
         100 * train4.accuracy, 2)
     assert (train4.meta["tasks_source"], d4.meta["tasks_source"]) == ("glyphs/train",
                                                                       "glyphs/test")
+    # run again: every model is there and evaluated, so no train command runs
+    log = tmp_path / "ext" / "commands.log"
+    before = log.read_text()
+    run_script("dense_extension", "--config", str(tiny_config), *start, "--start",
+               str(tmp_path / "d"), "--to", "3,4", "--run-dir", str(tmp_path / "ext"),
+               "--tasks", "5", "--workers", "1", "--no-progress", "--name", "smoke_ext",
+               results=tmp_path)
+    assert log.read_text() == before and rows(tmp_path / "smoke_ext.csv") == got
 
 
 def test_activation_memory(curve, tmp_path) -> None:

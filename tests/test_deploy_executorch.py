@@ -29,6 +29,7 @@ from metaprune.models import build_model
 pytest.importorskip("executorch")  # a fallback only: the test extra installs executorch
 
 from metaprune.deploy.executorch_export import (  # noqa: E402
+    BatchStatsNorm,
     CnhwSequential,
     amax_pool2,
     build_program,
@@ -159,6 +160,36 @@ def test_channel_major_network_equals_model_in_eager(arch: str) -> None:
                                      list(m.parameters())) for o, m in ((ref, net), (out, ex))]
         for a, b in zip(*grads):
             assert (a - b).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("channel_dim", [1, 0])
+@pytest.mark.parametrize("n_support", [None, 3])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_stats_norm_equals_batchnorm_in_eager(channel_dim: int, n_support, affine) -> None:
+    """BatchStatsNorm (NCHW or channel-major; batch or support statistics; with or without
+    affine parameters) equals BatchNorm's formula with those statistics: values, gradients."""
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(4, affine=affine, track_running_stats=False)
+    if affine:
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-1.0, 1.0)
+    norm = BatchStatsNorm(bn, channel_dim, n_support)
+    x = (2.0 + torch.randn(7, 4, 6, 5)).requires_grad_(True)
+    s = x[:n_support] if n_support else x
+    dims = [0, 2, 3]
+    mean, var = s.mean(dims, keepdim=True), s.var(dims, unbiased=False, keepdim=True)
+    ref = (x - mean) / torch.sqrt(var + bn.eps)
+    if affine:
+        ref = ref * bn.weight[:, None, None] + bn.bias[:, None, None]
+    out = norm(x.transpose(0, 1)).transpose(0, 1) if channel_dim == 0 else norm(x)
+    assert (out - ref).abs().max().item() <= 1e-5
+    w = torch.randn(ref.shape)
+    params = [x, *([bn.weight, bn.bias] if affine else [])]
+    g_ref = torch.autograd.grad((ref * w).sum(), params)
+    g_out = torch.autograd.grad((out * w).sum(), params)
+    for a, b in zip(g_ref, g_out):
+        assert (a - b).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("channel_major", [False, True])

@@ -224,7 +224,7 @@ def test_resume_between_rounds_and_within_retraining_after_kill(sampler, tmp_pat
             assert torch.allclose(params[n], ref_params[n], atol=1e-6), n
     loaded = load_checkpoint(tmp_path / "b" / "round03")
     assert all(torch.equal(loaded.masks[n], ref_masks[n]) for n in ref_masks)
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(method: '\w+' -> 'lobs'\)"):
         prune(make_learner(), sampler, out_dir=tmp_path / "a", **{**OPTS, "method": "lobs"})
 
 
@@ -240,6 +240,9 @@ def test_run_saved_before_an_option_existed_resumes_at_its_default(sampler, tmp_
     with pytest.raises(ValueError, match="another configuration"):
         prune(make_learner(), sampler, out_dir=tmp_path / "r",
               **{**opts, "obs_weights": "adapted"})
+    # a run started under the earlier re-training default: the message says how to resume it
+    with pytest.raises(ValueError, match=r"retrain_iters: 0 -> 5\).*--retrain-iters 0 resumes"):
+        prune(make_learner(), sampler, out_dir=tmp_path / "r", **{**opts, "retrain_iters": 5})
 
 
 def test_warns_when_a_layer_keeps_almost_no_input_per_unit(sampler) -> None:

@@ -22,7 +22,7 @@ from metaprune.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from metaprune.cli import main
 from metaprune.data.glyphs import glyphs
 from metaprune.data.tasks import TaskList, TaskSampler
-from metaprune.evaluation import evaluate, paired_difference
+from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.io import FolderInUseError, folder_lock
 from metaprune.pruning import prune
 
@@ -33,7 +33,7 @@ def test_a_finished_train_rerun_with_other_settings_is_refused(tmp_path, capsys)
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--set", "train.iterations=4", *TINY]) == 2
     err = capsys.readouterr().err
-    assert "another config (train.iterations: 2 -> 4)" in err and "--overwrite" in err
+    assert "another config (train.iterations: 2 -> 4): add --extend" in err and "--overwrite" in err
     assert json.loads((out / "model.json").read_text())["iteration"] == 2  # untouched
     assert main(["train", "--out", str(out), "--set", "train.iterations=4", "--overwrite",
                  *TINY]) == 0
@@ -45,9 +45,10 @@ def test_extending_a_finished_run_equals_training_that_long_at_once(tmp_path, ca
     assert main(["train", "--out", str(once), "--set", "train.iterations=4", *TINY]) == 0
     assert main(["train", "--out", str(extended), "--set", "train.iterations=2", *TINY]) == 0
     capsys.readouterr()
-    for refused, why in [(["--set", "train.iterations=1"], "already holds 2 iterations"),
+    for refused, why in [(["--set", "train.iterations=1"], "a run of 2 iterations (2 done)"),
                          (["--set", "train.iterations=4", "--set", "learner.inner_lr=0.2"],
-                          "another config (learner.inner_lr: 0.4 -> 0.2)")]:
+                          f"only train.iterations, but '{extended}' was made with other "
+                          "settings too (learner.inner_lr: 0.4 -> 0.2)")]:
         assert main(["train", "--out", str(extended), "--extend", *TINY, *refused]) == 2
         assert why in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "none"), "--extend", *TINY]) == 2
@@ -104,6 +105,10 @@ def test_results_on_two_splits_with_equal_task_specs_are_never_paired_or_reused(
     res = {s: evaluate(learner, splits[s], lists[s], progress=False) for s in splits}
     assert res["test"].matches(lists["test"], learner)
     assert not res["test"].matches(lists["train"], learner)
+    # a result written before the split was recorded is not reused for a list that records it
+    legacy = EvalResult(res["test"].accuracies, res["test"].task_fingerprint, res["test"].steps,
+                        {"model_digest": learner.digest()})
+    assert not legacy.matches(lists["test"], learner)
     with pytest.raises(ValueError, match="tasks from one split: glyphs/train vs glyphs/test"):
         paired_difference(res["train"], res["test"])
 

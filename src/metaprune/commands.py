@@ -81,20 +81,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 TRAIN_RUN_FILES = ("model.safetensors", "model.json", "eval_test.json", "test_tasks.json")
 
 
-def extension_refusal(out: Path, saved: dict, cfg: dict, done: int) -> list[str]:
-    """Why ``train --extend`` may not continue the run in ``out`` under ``cfg`` (empty: it may).
-
-    Only ``train.iterations`` may change, and only upwards: the sampler and the optimiser state
-    continue where they stopped, so the extended model equals one trained that long at once.
-    """
-    other = [d for d in config_diff(saved, cfg) if not d.startswith("train.iterations:")]
-    if other:
-        return other
-    wanted = int(cfg["train"]["iterations"])
-    if wanted < done:
-        raise ValueError(f"'{out}' already holds {done} iterations; --extend needs "
-                         f"train.iterations above that, got {wanted}")
-    return []
+def check_resumable(out: Path, saved: dict, cfg: dict, done: int, extend: bool) -> None:
+    """Refuse, naming the keys, to continue the run in ``out`` (``done`` iterations, made with
+    ``saved``) under ``cfg``: the same config resumes or reuses it; ``extend`` also allows a
+    larger ``train.iterations`` (the sampler and the optimiser state continue where they
+    stopped, so the extended model equals one trained that long at once)."""
+    diff = config_diff(saved, cfg)
+    other = [d for d in diff if not d.startswith("train.iterations:")]
+    fresh = "start fresh with a new --out or --overwrite"
+    if extend and other:
+        raise ValueError(f"--extend may change only train.iterations, but '{out}' was made with "
+                         f"other settings too ({'; '.join(other[:6])}): repeat them, or {fresh}")
+    if not extend and diff:
+        hint = (f"add --extend to continue it to {cfg['train']['iterations']} iterations, or "
+                if not other else "repeat its --config/--set to resume it, or ")
+        raise ValueError(f"'{out}' holds a run made with another config ({'; '.join(diff[:6])})"
+                         f": {hint}{fresh}")
+    floor = max(done, int(saved["train"]["iterations"]))
+    if extend and int(cfg["train"]["iterations"]) < floor:
+        raise ValueError(f"--extend: '{out}' holds a run of {floor} iterations ({done} done); "
+                         f"train.iterations must be at least that, got "
+                         f"{cfg['train']['iterations']}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -116,18 +123,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if done is not None:  # resume or reuse, only with the config that made the run
         c = load_checkpoint(ckpt, device=device)
         saved = validate_config(c.meta["config"])
-        diff = config_diff(saved, cfg)
-        if args.extend:
-            diff = extension_refusal(out, saved, cfg, done)
-        if diff:
-            raise ValueError(
-                f"'{out}' holds a run made with another config ({'; '.join(diff[:6])}): "
-                "repeat its --config/--set to resume it, --extend it to more train.iterations, "
-                "or start fresh with a new --out or --overwrite")
+        check_resumable(out, saved, cfg, done, args.extend)
         learner = c.learner
         extended_from = list(c.meta.get("extended_from", []))
         if saved["train"]["iterations"] != cfg["train"]["iterations"]:
-            extended_from.append(int(saved["train"]["iterations"]))
+            extended_from.append(done)
         if is_main():
             print(f"resuming {ckpt} from iteration {done}", file=sys.stderr)
     else:
@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if learner is None:
         learner = make_learner(cfg, train_data, device)
     meta = {"config": cfg, "data": cfg["data"], "kind": "dense"}
-    if extended_from:  # the train.iterations of the runs this one continued
+    if extended_from:  # the iterations done when --extend raised train.iterations
         meta["extended_from"] = extended_from
     t = cfg["train"]
     meta_train(learner, train_sampler(cfg, train_data), int(t["iterations"]),

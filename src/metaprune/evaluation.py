@@ -58,10 +58,10 @@ class EvalResult:
         config) on ``tasks`` with ``steps`` test-time steps (default: the learner's): what a
         cached result must satisfy to be reused."""
         steps = learner.eval_inner_steps if steps is None else steps
-        source = self.meta.get("tasks_source")
+        # strict: a result that does not record its split is not reused for a list that does
         return (self.task_fingerprint == tasks.fingerprint() and self.steps == steps
                 and self.meta.get("model_digest") == learner.digest()
-                and (source is None or tasks.source is None or source == tasks.source))
+                and self.meta.get("tasks_source") == tasks.source)
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps({**self.summary(),

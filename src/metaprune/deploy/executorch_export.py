@@ -30,8 +30,9 @@ max-pooling's forward indices in ``adapt_loss`` and as comparisons of the window
 ``predict`` (:class:`AmaxPool2`: same values, and max-pooling's gradient, ties included, tested
 against eager); stride-1 convolutions as im2col + one matrix product (:class:`MatmulConv2d`:
 ExecuTorch's portable convolution kernels, forward and backward, are about 15x slower); global
-average pooling as a mean. BatchNorm keeps its training-mode (batch-statistics) form in
-``adapt_loss``, as the backbones use it.
+average pooling as a mean; BatchNorm (batch statistics in ``adapt_loss``, as the backbones use
+it; the support's in ``predict``) as :class:`BatchStatsNorm`, whose short per-dimension means
+ExecuTorch computes as accurately as eager (its batch-norm kernel's single-pass sums did not).
 
 Speed (the pip wheel's kernels: matrix products and element-wise arithmetic are optimised,
 copies, transposes, reductions and indexing are per-element loops): a sequential stack of

@@ -223,11 +223,20 @@ def check_resumable(out_dir: str | os.PathLike, config: PruneConfig,
     saved = state.get("config")
     if isinstance(saved, dict):
         saved = {**defaults, **saved}
-    if saved != json.loads(json.dumps(asdict(config))):
+    wanted = json.loads(json.dumps(asdict(config)))
+    if saved != wanted:
+        if not isinstance(saved, dict):
+            saved = {}
+        diff = [f"{k}: {saved.get(k, '(unset)')!r} -> {wanted.get(k, '(unset)')!r}"
+                for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+        hint = ("; the recommended preset re-trained dense iterations / 10 per round before "
+                f"2026-12-01 (now / 5): --retrain-iters {saved['retrain_iters']} resumes a run "
+                "started then" if "retrain_iters" in saved and any(
+                    d.startswith("retrain_iters:") for d in diff) else "")
         raise ValueError(f"'{out_dir}' holds a pruning run with another configuration "
-                         f"({state.get('config')}); use another --out or the same options "
-                         "(a run made before 'metaprune prune --preset' existed resumes with "
-                         "--preset paper)")
+                         f"({'; '.join(diff[:6])}): use another --out or the same options (a "
+                         "run made before 'metaprune prune --preset' existed resumes with "
+                         f"--preset paper{hint})")
     return state
 
 
