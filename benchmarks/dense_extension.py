@@ -111,12 +111,10 @@ def main() -> None:
                "train_split_ci95": accuracy_columns(res["train"])["ci95"],
                "train_minus_test": round(100 * (res["train"].accuracy - res["test"].accuracy),
                                          2)}
-        if previous is not None:
+        if previous is not None:  # (the first row has no gain: its cells stay empty)
             gain = paired_difference(res["test"], previous)
             row["test_gain"], row["test_gain_ci95"] = (round(100 * gain.mean, 2),
                                                        round(100 * gain.ci95, 2))
-        else:
-            row["test_gain"] = row["test_gain_ci95"] = None
         rows.append(row)
         previous = res["test"]
     d = cfg["data"]
