@@ -36,9 +36,10 @@ def extend(config: str, sets: list[str], source: Path, folder: Path, iterations:
            tasks: int | None, workers: int | None, log: Path) -> None:
     """``folder``'s model: ``source``'s model meta-trained on to ``iterations`` (nothing to do
     when ``folder`` holds it already, evaluated)."""
-    if last_iteration(folder / "model") == iterations and (folder / "eval_test.json").exists():
+    done = last_iteration(folder / "model")
+    if done == iterations and (folder / "eval_test.json").exists():
         return
-    if last_iteration(folder / "model") is None:  # the json last: it names the weights' digest
+    if done is None:  # the json last: it names the weights' digest
         folder.mkdir(parents=True, exist_ok=True)
         for src in paths(source / "model"):
             tmp = folder / (Path(src).name + ".copying")
@@ -53,8 +54,8 @@ def extend(config: str, sets: list[str], source: Path, folder: Path, iterations:
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if done.returncode:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode:
         tail = log.read_text().splitlines()[-5:]
         raise SystemExit(f"train --extend into '{folder}' failed:\n" + "\n".join(tail))
 
@@ -102,13 +103,12 @@ def main() -> None:
                                   lambda lr, k=k: evaluate(lr, data[k], tasks[k],
                                                            progress=not args.no_progress))
         iterations = int(c.meta["iteration"])
+        test, train = accuracy_columns(res["test"]), accuracy_columns(res["train"])
         row = {"model": str(folder), "iterations": iterations,
                "tasks_seen": iterations * int(cfg["train"]["meta_batch"]),
                "train_seconds": round(float(c.meta.get("train_seconds", 0.0))),
-               "test_accuracy": accuracy_columns(res["test"])["accuracy"],
-               "test_ci95": accuracy_columns(res["test"])["ci95"],
-               "train_split_accuracy": accuracy_columns(res["train"])["accuracy"],
-               "train_split_ci95": accuracy_columns(res["train"])["ci95"],
+               "test_accuracy": test["accuracy"], "test_ci95": test["ci95"],
+               "train_split_accuracy": train["accuracy"], "train_split_ci95": train["ci95"],
                "train_minus_test": round(100 * (res["train"].accuracy - res["test"].accuracy),
                                          2)}
         if previous is not None:  # (the first row has no gain: its cells stay empty)

@@ -195,7 +195,8 @@ class BatchStatsNorm(nn.Module):
         s = x if self.n_support is None else x.narrow(batch_dim, 0, self.n_support)
         mean = channel_mean(s, self.channel_dim)
         centred = x - mean
-        s_centred = centred if self.n_support is None else s - mean
+        s_centred = centred if self.n_support is None else centred.narrow(
+            batch_dim, 0, self.n_support)
         var = channel_mean(s_centred * s_centred, self.channel_dim)
         shape = [1] * x.dim()
         shape[self.channel_dim] = -1
