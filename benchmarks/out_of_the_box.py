@@ -72,6 +72,9 @@ def main() -> None:
     p.add_argument("--prune-options", default="",
                    help="options added to every prune command, e.g. '--retrain-iters 1' "
                    "(tests/test_benchmarks_smoke.py: a tiny run)")
+    p.add_argument("--skip-baselines", action="store_true",
+                   help="leave out the default anp and magnitude rows: dense and the rows "
+                   "--paper / --max-drop / --also ask for")
     args = p.parse_args()
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +82,8 @@ def main() -> None:
     dense = run_dir / "dense"
     run(["metaprune", "train", "--config", args.config, "--out", str(dense), "--no-progress"],
         log)
-    jobs = [("anp", ["--method", "anp"]), ("magnitude", ["--method", "magnitude"])]
+    jobs = [] if args.skip_baselines else [("anp", ["--method", "anp"]),
+                                           ("magnitude", ["--method", "magnitude"])]
     if args.paper:
         jobs.append(("anp, --preset paper", ["--method", "anp", "--preset", "paper"]))
     if args.max_drop is not None:
@@ -120,7 +124,7 @@ def main() -> None:
         if label != "dense":
             d = paired_difference(res, results["dense"])
             row.update(diff_vs_dense=round(100 * d.mean, 2), diff_ci95=round(100 * d.ci95, 2))
-            if label != "magnitude":
+            if label != "magnitude" and "magnitude" in results:
                 m = paired_difference(res, results["magnitude"])
                 row.update(diff_vs_magnitude=round(100 * m.mean, 2),
                            vs_magnitude_ci95=round(100 * m.ci95, 2))

@@ -246,6 +246,19 @@ def test_out_of_the_box(tmp_path, tiny_config) -> None:
     assert float(got[1]["work_seconds"]) == round(sum(r["round_seconds"] for r in state["rounds"]))
 
 
+
+def test_out_of_the_box_skip_baselines(tmp_path, tiny_config) -> None:
+    """--skip-baselines: dense and the asked-for row only, with no magnitude comparison."""
+    run_script("out_of_the_box", "--config", str(tiny_config), "--run-dir", str(tmp_path / "run"),
+               "--name", "smoke_ootb", "--sparsity", "0.5", "--skip-baselines", "--also",
+               "--retrain-iters 2", "--prune-options",
+               "--schedule 0.5x1 --tasks 2 --val-tasks 0 --workers 1", results=tmp_path)
+    got = rows(tmp_path / "smoke_ootb.csv")
+    assert [r["model"] for r in got] == ["dense", "anp, --retrain-iters 2"]
+    assert finite(got[1]["diff_vs_dense"]) and not got[1].get("diff_vs_magnitude")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == [
+        "anp_retrain_iters_2", "dense"]
+
 def test_deploy_bn_modes(curve, capsys) -> None:
     run, _ = curve
     run_script("deploy_bn_modes", str(run / "dense"), "--tasks", "2", "--queries", "2",
