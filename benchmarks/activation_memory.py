@@ -23,20 +23,7 @@ import torch  # noqa: E402
 from _report import RESULTS, write_results  # noqa: E402
 
 from metaprune.checkpoint import load_checkpoint  # noqa: E402
-
-
-def activation_bytes(model: torch.nn.Module, batch: torch.Tensor) -> int:
-    """Bytes of every leaf module's output in one forward pass of ``batch``."""
-    sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(
-        out.numel() * out.element_size())) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    return sum(sizes)
+from metaprune.pruning.structured import activation_bytes  # noqa: E402
 
 
 def main() -> None:

@@ -116,6 +116,10 @@ def main() -> None:
                     help="extra prune() option for every method, e.g. damping=0.01")
     ap.add_argument("--name", help="results file stem (default: sparsity_<setting>)")
     ap.add_argument("--note", default="", help="extra sentence for the results file")
+    ap.add_argument("--memory-budget", type=float, default=None,
+                    help="structured methods: channel widths within this fraction of the dense "
+                    "model's activations (metaprune prune --memory-budget); their models and the "
+                    "scratch control are cached in folders named with it")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     setting = SETTINGS[args.setting]
@@ -251,7 +255,7 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
         r = 1 + next(i for i, t in enumerate(targets) if abs(t - target) < 1e-6)
         rounds = min(r, 3)
         iters = r * retrain // rounds
-        path = run / method / f"s{round(100 * target):02d}"
+        path = method_dir(run, method, args) / f"s{round(100 * target):02d}"
         dense_learner = load_checkpoint(dense_ck, device=args.device).learner
         n_dense = _prunable(dense_learner.model)
         t0 = time.perf_counter()
@@ -261,9 +265,10 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
                 retrain_iters=iters, meta_batch=cfg["train"]["meta_batch"],
                 tasks=args.score_tasks,
                 device=args.device, progress=not args.no_progress,
-                channel_criterion=STRUCTURED_METHODS[method])
+                channel_criterion=STRUCTURED_METHODS[method], memory=args.memory_budget)
             save_checkpoint(path, lrn, {"config": cfg, "data": cfg["data"], "structured": {
                 "method": method, "target": target, "rounds": rounds, "retrain_iters": iters,
+                "memory_budget": args.memory_budget,
                 "widths": [p.widths for p in plans], "seconds": time.perf_counter() - t0}},
                 with_optimizer=False)
         ck = load_checkpoint(path, device=args.device, with_optimizer=False)
@@ -274,6 +279,13 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
         rows.append(_row(args.setting, method, target, sparsity, res,
                          paired_difference(res, dense), seconds, 0.0))
     return rows
+
+
+def method_dir(run: Path, method: str, args) -> Path:
+    """Where a structured method's (or the scratch control's) models are cached: a memory
+    budget gets folders of its own."""
+    budget = getattr(args, "memory_budget", None)
+    return run / (method if budget is None else f"{method}-mem{budget:g}")
 
 
 def _prunable(model) -> int:
@@ -299,7 +311,7 @@ def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, repor
     for target in report_at:
         r = 1 + next(i for i, t in enumerate(targets) if abs(t - target) < 1e-6)
         tag = f"s{round(100 * target):02d}"
-        src = run / STRUCTURED / f"{tag}.json"
+        src = method_dir(run, STRUCTURED, args) / f"{tag}.json"
         if not src.exists():
             raise SystemExit(f"{SCRATCH} needs {src}: run {STRUCTURED} first")
         doc = json.loads(src.read_text())
@@ -311,7 +323,7 @@ def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, repor
             c["model"]["kwargs"] = {"widths": doc["structured"]["widths"][-1]}
         c["train"]["meta_batch"] = mb
         iters = dense_iters + math.ceil(r * retrain * cfg["train"]["meta_batch"] / mb)
-        path = run / SCRATCH / tag
+        path = method_dir(run, SCRATCH, args) / tag
         done = last_iteration(path) or 0
         lrn = (load_checkpoint(path, device=args.device).learner if done
                else make_learner(c, train_data, args.device))
@@ -348,6 +360,8 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
     dense_text = (f"the finished checkpoint {args.dense_from} ({args.dense_iterations} "
                   "iterations recorded in it; see the note)" if args.dense_from
                   else f"{iterations} iterations x {args.dense_meta_batch} tasks")
+    memory_note = ("" if args.memory_budget is None else
+                   f"; structured widths under --memory-budget {args.memory_budget:g}")
     notes = (f"Setting {args.setting}: {setting['title']}. Data: {d['dataset']} "
              f"({d['train_split']} -> {d['test_split']}, options {d['options']}) read from "
              f"$METAPRUNE_DATA (shared/data; mini-ImageNet is the REDUCED 100-images-per-class "
@@ -356,7 +370,8 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"{schedule} (cumulative "
              f"{_cumulative(schedule)}), {retrain} masked "
              f"re-meta-training iterations per round, 20 scoring tasks per round"
-             f"{'; pruning options ' + str(args.extra) if args.extra else ''}. "
+             f"{'; pruning options ' + str(args.extra) if args.extra else ''}"
+             f"{memory_note}. "
              f"meta-batch {cfg['train']['meta_batch']}, {rows[0]['tasks']} fixed test tasks, "
              f"{d['q_query']} queries per class in training. `diff_vs_dense` is the paired "
              f"per-task difference (points) with its "

@@ -101,6 +101,31 @@ def test_sparsity_curve(curve) -> None:
     assert (results / "smoke_curve.md").read_text().startswith("# Accuracy vs sparsity")
 
 
+
+def test_sparsity_curve_structured_memory_budget(tmp_path) -> None:
+    """--memory-budget: the structured model and its scratch control are cached in folders
+    named with the budget, and the structured model holds at most that share of the dense
+    model's activations."""
+    from metaprune.checkpoint import load_checkpoint
+    from metaprune.pruning.structured import activation_bytes, example_input
+
+    run = tmp_path / "run"
+    args = [a for a in CURVE if a not in ("anp,lobs,magnitude", "0.5,0.7")]
+    args[args.index("--methods") + 1:args.index("--methods") + 1] = [
+        "anp-structured,scratch-structured"]
+    args[args.index("--report-at") + 1:args.index("--report-at") + 1] = ["0.5"]
+    run_script("sparsity_curve", *args, "--memory-budget", "0.6", "--run-dir", str(run),
+               "--results-dir", str(tmp_path), "--name", "smoke_mem")
+    got = rows(tmp_path / "smoke_mem.csv")
+    assert [r["method"] for r in got] == ["dense", "anp-structured", "scratch-structured"]
+    assert "--memory-budget 0.6" in (tmp_path / "smoke_mem.md").read_text()
+    slim = load_checkpoint(run / "anp-structured-mem0.6" / "s50", with_optimizer=False)
+    assert slim.meta["structured"]["memory_budget"] == 0.6
+    assert (run / "scratch-structured-mem0.6" / "s50.json").exists()
+    dense = load_checkpoint(run / "dense", with_optimizer=False).learner.model
+    x = example_input(dense)
+    assert activation_bytes(slim.learner.model, x) <= 0.6 * activation_bytes(dense, x)
+
 def test_paired_vs_anp(curve) -> None:
     run, results = curve
     run_script("paired_vs_anp", "--setting", "A", "--run-dir", str(run), "--results-dir",
@@ -505,3 +530,14 @@ def test_activation_memory(curve, tmp_path) -> None:
     assert int(dense["activation_kib"]) > 0 and dense["activation_kib"] == anp["activation_kib"]
     assert (anp["activations_vs_first"], anp["peak_vs_first"]) == ("1.0", "0.25")
     assert dense["params"] == anp["params"]
+
+
+def test_memory_budget(tmp_path) -> None:
+    run_script("memory_budget", "--widths", "6,8,10,12", "--image-size", "16", "--support", "3",
+               "--sparsities", "0.7", "--budgets", "0.45,0.01", "--name", "smoke_mb",
+               results=tmp_path)
+    uniform, budget, unreachable = rows(tmp_path / "smoke_mb.csv")
+    assert uniform["memory_budget"] == "" and budget["memory_budget"] == "0.45"
+    assert float(budget["activations_vs_full"]) <= 0.45 < float(uniform["activations_vs_full"])
+    assert float(budget["weights_vs_full"]) <= float(uniform["weights_vs_full"])
+    assert "out of reach" in unreachable["widths"]

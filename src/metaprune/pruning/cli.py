@@ -27,6 +27,8 @@ from .structured import STRUCTURED_METHODS
 STRUCTURED_IGNORES = {"schedule": "default", "h_data": None, "compensation": "auto",
                       "obs_weights": "meta", "bn_aware": False, "allocation": "layerwise",
                       "layer_ratio": [], "criterion_option": [], "seed": 0}
+# ... and the structured methods' options that the unstructured ones do not use
+UNSTRUCTURED_IGNORES = {"keep": None, "rounds": 2, "memory_budget": None}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -101,6 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "sqrt(1 - sparsity): about that fraction of the conv weights remains)")
     p.add_argument("--rounds", type=POSITIVE, default=2,
                    help="anp-structured: pruning rounds (default 2)")
+    p.add_argument("--memory-budget", type=real(0, 1, low_open=True), default=None,
+                   metavar="FRACTION",
+                   help="anp-structured: channel widths that keep adaptation's activations "
+                   "(what the backward pass stores) within FRACTION of the dense model's, at "
+                   "the same weight count: the early, high-resolution channels go first "
+                   "(default: the same keep fraction in every group)")
     p.add_argument("--exclude-first", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the first layer dense (default: the preset's; "
                    "--no-exclude-first prunes it)")
@@ -288,6 +296,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     described = apply_preset(args, int(dense_its or 0))
     if is_main() and args.method not in STRUCTURED_METHODS:
         print(described, file=sys.stderr, flush=True)
+    if args.method not in STRUCTURED_METHODS:
+        given = [f"--{d.replace('_', '-')}" for d, default in UNSTRUCTURED_IGNORES.items()
+                 if getattr(args, d) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)}: options of the structured methods "
+                             f"({', '.join(STRUCTURED_METHODS)}), not of '{args.method}'")
     if args.method in STRUCTURED_METHODS:
         if args.max_drop is not None:
             raise ValueError(f"--max-drop works with the unstructured methods, not "
@@ -392,8 +406,8 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
              if getattr(args, d) != default]
     if given:
         raise ValueError(f"--method {args.method} does not use {', '.join(given)} (it takes "
-                         "--keep/--sparsity, --rounds, --retrain-iters, --meta-batch, --tasks, "
-                         "--damping, --patch-stride, --checkpoint-every)")
+                         "--keep/--sparsity, --rounds, --memory-budget, --retrain-iters, "
+                         "--meta-batch, --tasks, --damping, --patch-stride, --checkpoint-every)")
     if ck.learner.extra_state():
         raise ValueError(f"--method {args.method} does not support learner "
                          f"'{ck.learner.name}' (it has per-weight state: "
@@ -411,9 +425,12 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
         progress=not args.no_progress,
         log=lambda m: print(m, file=sys.stderr, flush=True) if is_main() else None,
         channel_criterion=STRUCTURED_METHODS[args.method], patch_stride=args.patch_stride,
-        out_dir=args.out, checkpoint_every=args.checkpoint_every, meta=meta)
+        out_dir=args.out, checkpoint_every=args.checkpoint_every, meta=meta,
+        memory=args.memory_budget)
     out = Path(args.out) / f"round{args.rounds:02d}"
     n = sum(p.numel() for p in learner.model.parameters())
-    print(f"{args.method}: channels {widths0} -> {plans[-1].widths} (keep {keep:.3f}), "
+    how = (f"keep {keep:.3f}" if args.memory_budget is None else
+           f"keep {keep:.3f}'s weights within a memory budget of {args.memory_budget:g}")
+    print(f"{args.method}: channels {widths0} -> {plans[-1].widths} ({how}), "
           f"{n:,} parameters, {args.rounds} round(s), final checkpoint {out}")
     return 0

@@ -23,6 +23,10 @@ channels' producers (filters, BatchNorm entries) then no longer matter (their co
 are 0): :func:`slim_model` deletes them with ``Group.prune`` and the slim model's outputs equal
 the masked full-width model's (checked on every round, tested).
 
+How many channels each group keeps: the same fraction in every group, or, under a memory budget
+(``--memory-budget``), the widths :func:`allocate_widths` picks so that adaptation's activations
+fit the budget at no more weights (:class:`WidthCosts` counts both exactly from the widths).
+
 Baselines with the same rounds, physical removal and re-meta-training (``channel_criterion``):
 ``l1`` removes the channels whose producer filters have the smallest L1 norm (summed over the
 producers of a group), ``random`` removes random channels; neither compensates.
@@ -465,15 +469,145 @@ def slim_learner(learner: Learner, plan: ChannelPlan) -> Learner:
     return out
 
 
-def schedule(widths: Sequence[int], keep: float, rounds: int) -> list[list[int]]:
-    """Per-round target widths shrinking geometrically to ``round(keep * width)``."""
-    if not 0 < keep <= 1 or rounds < 1:
-        raise ValueError(f"keep must be in (0, 1] and rounds >= 1, got {keep}, {rounds}")
-    out = []
-    for r in range(1, rounds + 1):
-        f = keep ** (r / rounds)
-        out.append([max(1, int(math.floor(w * f + 0.5))) for w in widths])
-    return out
+def schedule(widths: Sequence[int], keep: float | Sequence[float], rounds: int
+             ) -> list[list[int]]:
+    """Per-round target widths shrinking geometrically to ``round(keep * width)``; ``keep``
+    is one fraction for every group or one per group."""
+    keeps = [keep] * len(widths) if isinstance(keep, (int, float)) else list(keep)
+    if len(keeps) != len(widths) or rounds < 1 or not all(0 < k <= 1 for k in keeps):
+        raise ValueError(f"keep must be in (0, 1] (one or one per group) and rounds >= 1, "
+                         f"got {keep}, {rounds}")
+    return [[max(1, int(math.floor(w * k ** (r / rounds) + 0.5))) for w, k in zip(widths, keeps)]
+            for r in range(1, rounds + 1)]
+
+
+def activation_bytes(model: nn.Module, batch: torch.Tensor) -> int:
+    """Bytes of every leaf module's output in one forward pass of ``batch`` (a module called
+    twice counts twice): what adaptation keeps for its backward pass, in-place operations
+    aside."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(
+        out.numel() * out.element_size())) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(sizes)
+
+
+@dataclass
+class LayerShape:
+    """A Conv2d/Linear layer's weight as a matrix of ``rows x cols`` blocks of ``per`` entries
+    (a conv's kernel size), a bias of ``rows`` if it has one, and the rows / columns each channel
+    of a group owns: ``row_groups`` / ``col_groups`` = [(group index, entries per channel)]."""
+
+    rows: int
+    cols: int
+    per: int
+    bias: bool
+    row_groups: list[tuple[int, int]]
+    col_groups: list[tuple[int, int]]
+
+
+@dataclass
+class WidthCosts:
+    """How a model's size follows its channel groups' widths: the weights of its Conv2d/Linear
+    layers (biases included) are bilinear in the widths, its activations (:func:`activation_bytes`
+    of the example batch) linear; ``activation_per_channel`` is measured by removing one channel
+    of each group (:func:`slim_model`)."""
+
+    full: list[int]
+    layers: list[LayerShape]
+    activation_full: int
+    activation_per_channel: list[int]
+
+    @classmethod
+    def measure(cls, model: nn.Module, example: torch.Tensor) -> WidthCosts:
+        groups = channel_groups(model, example)
+        full = [g.width for g in groups]
+        layers = []
+        for name, mod in model.named_modules():
+            if not isinstance(mod, LAYERS):
+                continue
+            w = mod.weight
+            layers.append(LayerShape(
+                w.shape[0], w.shape[1], w[0, 0].numel(), mod.bias is not None,
+                [(i, len(g.producers[name][0])) for i, g in enumerate(groups)
+                 if name in g.producers],
+                [(i, len(g.consumers[name][0])) for i, g in enumerate(groups)
+                 if name in g.consumers]))
+        base = activation_bytes(model, example)
+        per = []
+        for i in range(len(groups)):
+            keep = [list(range(h.width)) for h in groups]
+            keep[i] = keep[i][1:]
+            slim, _ = slim_model(model, ChannelPlan(keep, example=example))
+            per.append(base - activation_bytes(slim, example))
+        return cls(full, layers, base, per)
+
+    def weights(self, widths: Sequence[int]) -> int:
+        """Weights (and biases) of the Conv2d/Linear layers at ``widths``."""
+        total = 0
+        for lay in self.layers:
+            rows = lay.rows - sum(n * (self.full[g] - widths[g]) for g, n in lay.row_groups)
+            cols = lay.cols - sum(n * (self.full[g] - widths[g]) for g, n in lay.col_groups)
+            total += rows * cols * lay.per + (rows if lay.bias else 0)
+        return total
+
+    def activations(self, widths: Sequence[int]) -> int:
+        """Activation bytes of the example batch at ``widths``."""
+        return self.activation_full - sum(a * (f - w) for a, f, w in zip(
+            self.activation_per_channel, self.full, widths))
+
+
+def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
+                    memory: float | None = None) -> list[int]:
+    """Final width of every channel group: ``round(keep * width)`` in each (uniform); with
+    ``memory`` (a fraction of the full model's activation bytes, what adaptation keeps for its
+    backward pass), the widths change as little as it takes to meet it: one channel at a time
+    goes from the group holding the most activation bytes (so the early, high-resolution
+    groups shrink together, none first to a bottleneck), never below half its uniform width;
+    then channels come back one at a time to the groups that cost the fewest activation bytes
+    per weight regained (late, low-resolution ones) while both the uniform widths' Conv2d/Linear
+    weight count and the memory budget hold. ``ValueError`` when the floors exceed the
+    budget."""
+    full = [g.width for g in channel_groups(model, example)]
+    widths = schedule(full, keep, 1)[0]
+    if memory is None:
+        return widths
+    if not 0 < memory <= 1:
+        raise ValueError(f"memory budget must be a fraction in (0, 1], got {memory}")
+    cost = WidthCosts.measure(model, example)
+    budget, target = cost.weights(widths), memory * cost.activation_full
+    floors = [max(1, (w + 1) // 2) for w in widths]
+    held = cost.activation_per_channel
+    def freed(g: int, step: int) -> int:  # weights one channel more (+1) / less (-1) of g moves
+        moved = list(widths)
+        moved[g] += step
+        return abs(cost.weights(moved) - cost.weights(widths))
+
+    while cost.activations(widths) > target:
+        live = [g for g in range(len(widths)) if widths[g] > floors[g]]
+        if not live:
+            reach = cost.activations(floors) / cost.activation_full
+            raise ValueError(f"a memory budget of {memory:g} of the full model's activations is "
+                             f"out of reach at keep {keep:.3f}: half the uniform widths still "
+                             f"hold {reach:.3f} (prune more, or allow more memory)")
+        widths[max(live, key=lambda g: held[g] * widths[g] / max(freed(g, -1), 1))] -= 1
+    while True:
+        fits = []
+        for g in range(len(widths)):
+            if widths[g] == full[g]:
+                continue
+            widths[g] += 1
+            if cost.weights(widths) <= budget and cost.activations(widths) <= target:
+                fits.append(g)
+            widths[g] -= 1
+        if not fits:
+            return widths
+        widths[min(fits, key=lambda g: held[g] / max(freed(g, 1), 1))] += 1
 
 
 def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2,
@@ -482,12 +616,15 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
                    progress: bool = False, log=print, channel_criterion: str = "anp",
                    patch_stride: int = DEFAULT_PATCH_STRIDE,
                    out_dir: str | Path | None = None, checkpoint_every: int = 50,
-                   meta: dict | None = None) -> tuple[Learner, list[ChannelPlan]]:
+                   meta: dict | None = None, memory: float | None = None
+                   ) -> tuple[Learner, list[ChannelPlan]]:
     """Rounds of (channel step with ``channel_criterion``, physical removal,
     re-meta-training); returns the final slim learner and the plans. With ``out_dir`` every
     round is saved (``roundNN``, ``state.json``) and the re-training checkpoints to ``work``
     every ``checkpoint_every`` iterations: called again with the same arguments (and the same
-    dense learner), a killed run resumes; other arguments or another learner are refused."""
+    dense learner), a killed run resumes; other arguments or another learner are refused.
+    ``memory``: a budget for the activations as a fraction of the full model's
+    (:func:`allocate_widths`); None: the same keep fraction in every group."""
     from ..checkpoint import load_checkpoint, paths, read_meta, save_checkpoint
     from ..distributed import barrier, is_main
     from ..io import atomic_write_text
@@ -495,13 +632,16 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
 
     config = {"keep": keep, "rounds": rounds, "retrain_iters": retrain_iters,
               "meta_batch": meta_batch, "tasks": tasks, "damping": damping,
-              "channel_criterion": channel_criterion, "patch_stride": patch_stride}
+              "channel_criterion": channel_criterion, "patch_stride": patch_stride,
+              "memory": memory}
     out = Path(out_dir) if out_dir is not None else None
     source = learner.digest() if out is not None else None
     plans: list[ChannelPlan] = []
     if out is not None and (out / "state.json").exists():
         state = json.loads((out / "state.json").read_text())
-        if state.get("config") != config or state.get("source_digest") != source:
+        # runs saved before an option existed resume at its default
+        if {"memory": None, **state.get("config", {})} != config or state.get(
+                "source_digest") != source:
             raise ValueError(f"'{out}' holds a structured pruning run with other settings or "
                              f"of another model ({state.get('config')}); use another --out")
         plans = [ChannelPlan(p) for p in state["plans"]]
@@ -509,15 +649,21 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
             learner = load_checkpoint(out / f"round{len(plans):02d}", device=device).learner
     # the input the channel groups are traced with (fixed per run)
     example = sampler.batch(10_000_000, 1)[0].support_x[:2].to(device)
-    start_widths = (group_widths(learner.model, example) if not plans
-                    else state["start_widths"])
-    targets = schedule(start_widths, keep, rounds)
+    if plans:
+        start_widths = state["start_widths"]
+        final = state.get("final_widths") or schedule(start_widths, keep, 1)[0]
+    else:
+        start_widths = group_widths(learner.model, example)
+        final = allocate_widths(learner.model, example, keep, memory)
+    # one keep fraction (uniform) or one per group (a memory budget's allocation)
+    targets = schedule(start_widths, keep if memory is None else [
+        f / w for f, w in zip(final, start_widths)], rounds)
 
     def write_state() -> None:
         if is_main():
             atomic_write_text(out / "state.json", json.dumps(
                 {"config": config, "source_digest": source, "start_widths": start_widths,
-                 "plans": [p.keep for p in plans]}))
+                 "final_widths": final, "plans": [p.keep for p in plans]}))
         barrier()
 
     if out is not None and not (out / "state.json").exists():
