@@ -438,17 +438,20 @@ def test_executorch_report(curve, tmp_path) -> None:
     assert finite(got["acc_torch"]) and float(got["adapt_ms_executorch"]) > 0
 
 
-def test_structured_d_recipe_calls_existing_scripts_with_their_flags() -> None:
-    """benchmarks/structured_D.sh needs real data and hours, so it is not run here: every
-    ``python benchmarks/X.py`` command in it must name a script whose --help lists each of the
+@pytest.mark.parametrize("recipe, n_commands", [("structured_D.sh", 3),
+                                                ("structured_D_memory.sh", 4)])
+def test_structured_d_recipe_calls_existing_scripts_with_their_flags(recipe: str,
+                                                                    n_commands: int) -> None:
+    """The structured_D recipes need real data and hours, so they are not run here: every
+    ``python benchmarks/X.py`` command in one must name a script whose --help lists each of the
     flags the recipe passes (a renamed or removed flag fails here, not after an hour)."""
-    text = (BENCH / "structured_D.sh").read_text().replace("\\\n", " ")
+    text = (BENCH / recipe).read_text().replace("\\\n", " ")
     commands = [shlex.split(line, comments=True) for line in text.splitlines()
                 if line.startswith("python benchmarks/")]
-    assert len(commands) == 3
+    assert len(commands) == n_commands
     for cmd in commands:
         script = ROOT / cmd[1]
-        assert script.exists(), f"structured_D.sh calls a missing script: {cmd[1]}"
+        assert script.exists(), f"{recipe} calls a missing script: {cmd[1]}"
         shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
                                text=True, timeout=120, cwd=ROOT)
         assert shown.returncode == 0, shown.stderr
