@@ -27,6 +27,7 @@ from metaprune.pruning.structured import (  # noqa: E402
     WidthCosts,
     activation_bytes,
     allocate_widths,
+    layer_weight_count,
     slim_model,
 )
 
@@ -67,9 +68,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             slim, _ = slim_model(model, ChannelPlan([list(range(w)) for w in widths],
                                                     example=batch[:2]))
-            weights = sum(p.numel() for m in slim.modules()
-                          if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
-                          for p in m.parameters(recurse=False))
+            weights = layer_weight_count(slim)
             rows.append({"sparsity": sparsity, "memory_budget": budget or "",
                          "widths": " ".join(map(str, widths)),
                          "weights_vs_full": round(weights / weights0, 3),

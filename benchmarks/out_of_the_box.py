@@ -76,6 +76,8 @@ def main() -> None:
                    help="leave out the default anp and magnitude rows: dense and the rows "
                    "--paper / --max-drop / --also ask for")
     args = p.parse_args()
+    if args.skip_baselines and not (args.paper or args.max_drop is not None or args.also):
+        p.error("--skip-baselines leaves only dense: add --paper, --max-drop or --also")
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "commands.log"

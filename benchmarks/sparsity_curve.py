@@ -22,6 +22,7 @@ from pathlib import Path
 
 from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
+from metaprune.argtypes import real
 from metaprune.checkpoint import load_checkpoint, paths, read_meta
 from metaprune.config import load_config, parse_key_value
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
@@ -116,7 +117,7 @@ def main() -> None:
                     help="extra prune() option for every method, e.g. damping=0.01")
     ap.add_argument("--name", help="results file stem (default: sparsity_<setting>)")
     ap.add_argument("--note", default="", help="extra sentence for the results file")
-    ap.add_argument("--memory-budget", type=float, default=None,
+    ap.add_argument("--memory-budget", type=real(0, 1, low_open=True), default=None,
                     help="structured methods: channel widths within this fraction of the dense "
                     "model's activations (metaprune prune --memory-budget); their models and the "
                     "scratch control are cached in folders named with it")
@@ -154,6 +155,8 @@ def main() -> None:
     done = last_iteration(dense_ck) or 0
     learner = (load_checkpoint(dense_ck, device=args.device).learner if done
                else make_learner(cfg, train_data, args.device))
+    if args.memory_budget is not None:  # refused before any training, not after
+        _check_memory_budget(args, learner.model, methods, report_at, sampler)
     t0 = time.perf_counter()
     if not args.dense_from:  # an adopted checkpoint is used as it is
         meta_train(learner, sampler, iterations, cfg["train"]["meta_batch"],
@@ -281,7 +284,25 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
     return rows
 
 
-def method_dir(run: Path, method: str, args) -> Path:
+def _check_memory_budget(args: argparse.Namespace, model, methods: list[str],
+                         report_at: list[float], sampler) -> None:
+    """--memory-budget needs a structured method and must be reachable at every target (the
+    widths do not depend on the weights)."""
+    from metaprune.pruning.cli import structured_keep
+    from metaprune.pruning.structured import allocate_widths, example_input
+
+    if not any(m in STRUCTURED_METHODS for m in methods):
+        raise SystemExit(f"--memory-budget applies to the structured methods "
+                         f"({', '.join(STRUCTURED_METHODS)}); --methods has none")
+    example = example_input(model, sampler.batch(10_000_000, 1))
+    for target in report_at:
+        try:
+            allocate_widths(model, example, structured_keep(target), args.memory_budget)
+        except ValueError as e:
+            raise SystemExit(f"sparsity {target:g}: {e}") from None
+
+
+def method_dir(run: Path, method: str, args: argparse.Namespace) -> Path:
     """Where a structured method's (or the scratch control's) models are cached: a memory
     budget gets folders of its own."""
     budget = getattr(args, "memory_budget", None)

@@ -101,7 +101,6 @@ def test_sparsity_curve(curve) -> None:
     assert (results / "smoke_curve.md").read_text().startswith("# Accuracy vs sparsity")
 
 
-
 def test_sparsity_curve_structured_memory_budget(tmp_path) -> None:
     """--memory-budget: the structured model and its scratch control are cached in folders
     named with the budget, and the structured model holds at most that share of the dense
@@ -125,6 +124,12 @@ def test_sparsity_curve_structured_memory_budget(tmp_path) -> None:
     dense = load_checkpoint(run / "dense", with_optimizer=False).learner.model
     x = example_input(dense)
     assert activation_bytes(slim.learner.model, x) <= 0.6 * activation_bytes(dense, x)
+    # a budget out of reach is refused before the dense model is trained
+    with pytest.raises(AssertionError, match="out of reach"):  # run_script: exit code != 0
+        run_script("sparsity_curve", *args, "--memory-budget", "0.01", "--run-dir",
+                   str(tmp_path / "run2"), "--results-dir", str(tmp_path), "--name", "smoke_m2")
+    assert not (tmp_path / "run2" / "dense.json").exists()
+
 
 def test_paired_vs_anp(curve) -> None:
     run, results = curve
@@ -271,7 +276,7 @@ def test_out_of_the_box(tmp_path, tiny_config) -> None:
     assert float(got[1]["work_seconds"]) == round(sum(r["round_seconds"] for r in state["rounds"]))
 
 
-
+@pytest.mark.slow
 def test_out_of_the_box_skip_baselines(tmp_path, tiny_config) -> None:
     """--skip-baselines: dense and the asked-for row only, with no magnitude comparison."""
     run_script("out_of_the_box", "--config", str(tiny_config), "--run-dir", str(tmp_path / "run"),
@@ -283,6 +288,11 @@ def test_out_of_the_box_skip_baselines(tmp_path, tiny_config) -> None:
     assert finite(got[1]["diff_vs_dense"]) and not got[1].get("diff_vs_magnitude")
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == [
         "anp_retrain_iters_2", "dense"]
+    with pytest.raises(AssertionError, match="exited with 2"):  # nothing asked for: refused
+        run_script("out_of_the_box", "--config", str(tiny_config), "--run-dir",
+                   str(tmp_path / "run2"), "--name", "smoke_ootb2", "--skip-baselines",
+                   results=tmp_path)
+
 
 def test_deploy_bn_modes(curve, capsys) -> None:
     run, _ = curve

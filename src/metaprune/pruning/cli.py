@@ -107,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="FRACTION",
                    help="anp-structured: channel widths that keep adaptation's activations "
                    "(what the backward pass stores) within FRACTION of the dense model's, at "
-                   "the same weight count: the early, high-resolution channels go first "
+                   "no more Conv2d/Linear weights than the uniform widths (a tight budget "
+                   "removes weights too): the early, high-resolution channels go first "
                    "(default: the same keep fraction in every group)")
     p.add_argument("--exclude-first", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the first layer dense (default: the preset's; "

@@ -52,6 +52,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 
 import torch
@@ -60,12 +61,12 @@ from torch import nn
 
 from ..data.tasks import OffsetSampler
 from ..learners import Learner, build_learner
-from ..masks import Masks
+from ..masks import PRUNABLE_TYPES, Masks
 from ..models.registry import slim_spec
 from .criteria import ANP, DEFAULT_H_DATA, DEFAULT_PATCH_STRIDE
 from .hessian import damped_inverse, weight_matrix
 
-LAYERS = (nn.Conv2d, nn.Linear)
+LAYERS = PRUNABLE_TYPES  # the layers whose channels are produced and consumed
 
 
 class UntraceableModelError(ValueError):
@@ -473,7 +474,7 @@ def schedule(widths: Sequence[int], keep: float | Sequence[float], rounds: int
              ) -> list[list[int]]:
     """Per-round target widths shrinking geometrically to ``round(keep * width)``; ``keep``
     is one fraction for every group or one per group."""
-    keeps = [keep] * len(widths) if isinstance(keep, (int, float)) else list(keep)
+    keeps = [float(keep)] * len(widths) if isinstance(keep, Real) else list(keep)
     if len(keeps) != len(widths) or rounds < 1 or not all(0 < k <= 1 for k in keeps):
         raise ValueError(f"keep must be in (0, 1] (one or one per group) and rounds >= 1, "
                          f"got {keep}, {rounds}")
@@ -486,8 +487,12 @@ def activation_bytes(model: nn.Module, batch: torch.Tensor) -> int:
     twice counts twice): what adaptation keeps for its backward pass, in-place operations
     aside."""
     sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(
-        out.numel() * out.element_size())) for m in model.modules() if not list(m.children())]
+
+    def record(_mod: nn.Module, _inputs: tuple, out) -> None:
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        sizes.extend(t.numel() * t.element_size() for t in outs if torch.is_tensor(t))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
             model(batch)
@@ -495,6 +500,12 @@ def activation_bytes(model: nn.Module, batch: torch.Tensor) -> int:
         for h in hooks:
             h.remove()
     return sum(sizes)
+
+
+def layer_weight_count(model: nn.Module) -> int:
+    """Weights and biases of ``model``'s Conv2d/Linear layers (what :class:`WidthCosts` counts)."""
+    return sum(p.numel() for m in model.modules() if isinstance(m, LAYERS)
+               for p in m.parameters(recurse=False))
 
 
 @dataclass
@@ -567,8 +578,9 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
     """Final width of every channel group: ``round(keep * width)`` in each (uniform); with
     ``memory`` (a fraction of the full model's activation bytes, what adaptation keeps for its
     backward pass), the widths change as little as it takes to meet it: one channel at a time
-    goes from the group holding the most activation bytes (so the early, high-resolution
-    groups shrink together, none first to a bottleneck), never below half its uniform width;
+    goes from the group holding the most activation bytes per weight that channel frees (so the
+    early, high-resolution groups shrink together, none first to a bottleneck), never below
+    half its uniform width;
     then channels come back one at a time to the groups that cost the fewest activation bytes
     per weight regained (late, low-resolution ones) while both the uniform widths' Conv2d/Linear
     weight count and the memory budget hold. ``ValueError`` when the floors exceed the
@@ -578,7 +590,7 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
     if memory is None:
         return widths
     if not 0 < memory <= 1:
-        raise ValueError(f"memory budget must be a fraction in (0, 1], got {memory}")
+        raise ValueError(f"--memory-budget must be a fraction in (0, 1], got {memory}")
     cost = WidthCosts.measure(model, example)
     budget, target = cost.weights(widths), memory * cost.activation_full
     floors = [max(1, (w + 1) // 2) for w in widths]
@@ -592,7 +604,7 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
         live = [g for g in range(len(widths)) if widths[g] > floors[g]]
         if not live:
             reach = cost.activations(floors) / cost.activation_full
-            raise ValueError(f"a memory budget of {memory:g} of the full model's activations is "
+            raise ValueError(f"--memory-budget {memory:g} (of the full model's activations) is "
                              f"out of reach at keep {keep:.3f}: half the uniform widths still "
                              f"hold {reach:.3f} (prune more, or allow more memory)")
         widths[max(live, key=lambda g: held[g] * widths[g] / max(freed(g, -1), 1))] -= 1
@@ -654,9 +666,11 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
         final = state.get("final_widths") or schedule(start_widths, keep, 1)[0]
     else:
         start_widths = group_widths(learner.model, example)
-        final = allocate_widths(learner.model, example, keep, memory)
+        final = (schedule(start_widths, keep, 1)[0] if memory is None
+                 else allocate_widths(learner.model, example, keep, memory))
     # one keep fraction (uniform) or one per group (a memory budget's allocation)
-    targets = schedule(start_widths, keep if memory is None else [
+    uniform = final == schedule(start_widths, keep, 1)[0]
+    targets = schedule(start_widths, keep if uniform else [
         f / w for f, w in zip(final, start_widths)], rounds)
 
     def write_state() -> None:
