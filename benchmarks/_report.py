@@ -121,12 +121,12 @@ def _columns(rows: list[dict]) -> list[str]:
 def write_results(stem: Path, title: str, notes: str, rows: list[dict], tail: str = "") -> None:
     """``stem``.csv with ``rows`` and ``stem``.md (header with command, date, machine and
     commit; ``notes``; the table; ``tail``)."""
-    from metaprune.io import atomic_write_text
+    from metaprune.io import atomic_write_text, with_extension
 
     stem.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(stem.with_suffix(".csv"), rows)
+    write_csv(with_extension(stem, ".csv"), rows)
     md = header(title, notes) + "\n" + markdown_table(rows) + "\n" + tail
-    atomic_write_text(stem.with_suffix(".md"), md)
+    atomic_write_text(with_extension(stem, ".md"), md)
 
 
 def cached_evaluation(path: Path, tasks, learner, evaluate_now):

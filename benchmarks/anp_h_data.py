@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from _report import header, write_csv
 
-from metaprune.checkpoint import load_checkpoint, save_checkpoint
+from metaprune.checkpoint import load_checkpoint, paths, save_checkpoint
 from metaprune.data.glyphs import glyphs
 from metaprune.data.tasks import TaskList, TaskSampler
 from metaprune.evaluation import evaluate, paired_difference
@@ -54,7 +54,7 @@ def main() -> int:
     sampler = TaskSampler(train, 5, 1, 15, seed=0)
     tasks = TaskList(TaskSampler(test, 5, 1, 15, seed=12345).fixed_specs(args.eval_tasks))
     dense_path = work / "dense"
-    if not dense_path.with_suffix(".json").exists():
+    if not paths(dense_path)[1].exists():
         model = build_model("conv4", n_way=5, in_channels=1, width=args.width, image_size=28)
         learner = build_learner("maml", model.to(dev), inner_lr=0.4, inner_steps=1,
                                 eval_inner_steps=3, meta_lr=1e-3)

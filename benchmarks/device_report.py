@@ -33,6 +33,8 @@ import _report
 import torch
 from torch import nn
 
+from metaprune.io import with_extension
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/device_report.py " + " ".join(argv if argv is not None
                                                            else sys.argv[1:])
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
+    with open(with_extension(out, ".csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                                             for r in rows))
     if args.note:
         md += ["", "## Notes", ""] + [f"- {n}" for n in args.note]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    with_extension(out, ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

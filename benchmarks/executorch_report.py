@@ -32,6 +32,8 @@ from pathlib import Path
 import _report
 import torch
 
+from metaprune.io import with_extension
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
              "and adapting once (ExecuTorch plans and allocates its memory when it loads a "
              "method), adapt = one adaptation after that")
     _report.write_results(Path(args.out), "ExecuTorch runtime vs PyTorch runtime", notes, rows)
-    print(Path(args.out).with_suffix(".md").read_text())
+    print(with_extension(args.out, ".md").read_text())
     return 0
 
 

@@ -27,7 +27,7 @@ from metaprune.checkpoint import load_checkpoint, paths, read_meta
 from metaprune.config import load_config, parse_key_value
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
 from metaprune.experiment import load_split, make_learner, test_tasks, train_sampler
-from metaprune.io import atomic_write, atomic_write_text
+from metaprune.io import atomic_write, atomic_write_text, with_extension
 from metaprune.masks import prunable_weights
 from metaprune.pruning import prune
 from metaprune.pruning.structured import STRUCTURED_METHODS
@@ -352,7 +352,7 @@ def _scratch(args, cfg, run: Path, train_data, sampler, schedule, retrain, repor
                    checkpoint_every=250, meta={"config": c, "data": c["data"],
                                                "kind": SCRATCH, "target": target},
                    device=args.device, progress=not args.no_progress, desc=f"{SCRATCH} {tag}")
-        seconds = json.loads(path.with_suffix(".json").read_text()).get("train_seconds", 0.0)
+        seconds = read_meta(path).get("train_seconds", 0.0)
         res = cached_eval(lrn, path.with_name(f"eval_{tag}.json"), f"evaluate {SCRATCH} {tag}")
         rows.append(_row(args.setting, SCRATCH, target, 1 - _prunable(lrn.model) / n_dense,
                          res, paired_difference(res, dense), seconds, 0.0))
@@ -400,7 +400,7 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
              f"(dense row: its meta-training time); `eval_seconds`: time to evaluate that "
              f"row's model. {_threads_text(args.threads_used)}"
              f"{args.note}")
-    png = _plot(rows, stem.with_suffix(".png"), setting["title"])
+    png = _plot(rows, with_extension(stem, ".png"), setting["title"])
     write_results(stem, f"Accuracy vs sparsity: {setting['title']}", notes, rows,
                   f"\n![accuracy vs sparsity]({png.name})\n" if png else "")
 

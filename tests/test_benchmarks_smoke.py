@@ -124,6 +124,11 @@ def test_sparsity_curve_structured_memory_budget(tmp_path) -> None:
     dense = load_checkpoint(run / "dense", with_optimizer=False).learner.model
     x = example_input(dense)
     assert activation_bytes(slim.learner.model, x) <= 0.6 * activation_bytes(dense, x)
+    # paired against a reference folder whose name holds a dot: the file keeps the whole name
+    run_script("paired_vs_anp", "--setting", "A", "--run-dir", str(run), "--reference",
+               "anp-structured-mem0.6", "--name", "smoke_mem", "--results-dir", str(tmp_path))
+    paired = rows(tmp_path / "smoke_mem_anp-structured-mem0.6_vs_baselines.csv")
+    assert {r["baseline"] for r in paired} == {"scratch-structured-mem0.6"}
     # a budget out of reach is refused before the dense model is trained
     with pytest.raises(AssertionError, match="out of reach"):  # run_script: exit code != 0
         run_script("sparsity_curve", *args, "--memory-budget", "0.01", "--run-dir",
@@ -456,7 +461,7 @@ def test_structured_d_recipe_calls_existing_scripts_with_their_flags(recipe: str
     ``python benchmarks/X.py`` command in one must name a script whose --help lists each of the
     flags the recipe passes (a renamed or removed flag fails here, not after an hour)."""
     text = (BENCH / recipe).read_text().replace("\\\n", " ")
-    commands = [shlex.split(line, comments=True) for line in text.splitlines()
+    commands = [shlex.split(line, comments=True) for line in map(str.strip, text.splitlines())
                 if line.startswith("python benchmarks/")]
     assert len(commands) == n_commands
     for cmd in commands:

@@ -104,3 +104,18 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, sampler):
     for (n, a), (_, b) in zip(straight.model.named_parameters(),
                               resumed.model.named_parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=n)
+
+
+def test_a_dot_in_the_checkpoint_name_is_part_of_the_name(tmp_path, sampler):
+    """``lr0.5`` is a name, not ``lr0`` with a suffix: its files are ``lr0.5.safetensors`` and
+    ``lr0.5.json`` and two such checkpoints never share files."""
+    assert paths(tmp_path / "lr0.5") == (tmp_path / "lr0.5.safetensors", tmp_path / "lr0.5.json")
+    assert paths(tmp_path / "lr0.5.json") == paths(tmp_path / "lr0.5")
+    a, b = make(seed=0), make(seed=1)
+    save_checkpoint(tmp_path / "lr0.5", a, {"iteration": 1})
+    save_checkpoint(tmp_path / "lr0.7", b, {"iteration": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lr0.5.json", "lr0.5.safetensors", "lr0.7.json", "lr0.7.safetensors"]
+    for learner, name in [(a, "lr0.5"), (b, "lr0.7")]:
+        loaded = load_checkpoint(tmp_path / name).model.head.weight
+        assert torch.equal(loaded, learner.model.head.weight), name

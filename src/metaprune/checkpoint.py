@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .finite import require_finite
-from .io import sha256_file, text_writer, write_temp
+from .io import sha256_file, text_writer, with_extension, write_temp
 from .learners import Learner, build_learner
 from .masks import Masks
 from .models import build_model
@@ -62,7 +62,7 @@ def paths(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path)
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
-    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+    return with_extension(p, ".safetensors"), with_extension(p, ".json")
 
 
 def save_checkpoint(path: str | os.PathLike, learner: Learner, meta: dict | None = None,

@@ -14,6 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def with_extension(stem: str | os.PathLike, ext: str) -> Path:
+    """``stem`` + ``ext`` (``runs/mem0.5`` + ``.md`` -> ``runs/mem0.5.md``): unlike
+    ``Path.with_suffix``, a dot inside the name is kept, not taken for a suffix."""
+    stem = Path(stem)
+    return stem.parent / (stem.name + ext)
+
+
 def write_temp(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     """Call ``write(tmp_path)`` for a temporary file beside ``path``, flush it to disk and
     return its name; ``os.replace(tmp, path)`` then publishes it atomically."""
