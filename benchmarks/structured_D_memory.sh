@@ -16,15 +16,16 @@ python benchmarks/sparsity_curve.py --setting D --iterations 300 --retrain-iters
     --note "$BUDGET Uniform widths (the default), the reference for structured_D_memory_budget50.md."
 # 2. --memory-budget 0.5 and 0.45 on the same dense model (0.45: the measured peak at 0.5 was
 #    0.52x, above the activations' 0.49x), each paired against the uniform widths
-for B in 50 45; do
+for B in 0.5 0.45; do
+    N=$(python -c "print(round(100 * $B))")  # results names: budget50, budget45
     python benchmarks/sparsity_curve.py --setting D --iterations 300 --retrain-iters 10 \
         --set train.meta_batch=8 --tasks 200 --report-at 0.7 --run-dir "$RUN" \
-        --methods anp-structured --no-progress --memory-budget "0.$B" \
-        --name "structured_D_memory_budget$B" \
+        --methods anp-structured --no-progress --memory-budget "$B" \
+        --name "structured_D_memory_budget$N" \
         --note "$BUDGET Same run folder, dense model and test tasks as structured_D_memory_uniform.md."
     # 3. memory-budget widths minus uniform widths (and minus the other budget), paired
     python benchmarks/paired_vs_anp.py --setting D --run-dir "$RUN" \
-        --reference "anp-structured-mem0.$B" --name "structured_D_memory_budget$B"
+        --reference "anp-structured-mem$B" --name "structured_D_memory_budget$N"
 done
 # 4. device report: measured adaptation peak memory and latency
 python benchmarks/device_report.py --model dense=$RUN/dense \
