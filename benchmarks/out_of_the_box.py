@@ -8,7 +8,8 @@ Runs ``metaprune train``, ``metaprune prune`` (anp, then magnitude; ``--paper`` 
 with every other option at its default, and ``metaprune evaluate``
 of each final model on the config's fixed test tasks (600), then writes the accuracies, the
 paired differences against the dense model and against magnitude, and the wall time of every
-command to results/NAME.md (+ .csv). Each command is resumable: a killed run, started again
+command to results/NAME.md (+ .csv). ``--dense-only`` stops after the dense model (the
+config's accuracy and meta-training time). Each command is resumable: a killed run, started again
 with the same arguments, reuses what is done.
 """
 
@@ -75,16 +76,24 @@ def main() -> None:
     p.add_argument("--skip-baselines", action="store_true",
                    help="leave out the default anp and magnitude rows: dense and the rows "
                    "--paper / --max-drop / --also ask for")
+    p.add_argument("--dense-only", action="store_true",
+                   help="only the dense model: the config's test accuracy and meta-training "
+                   "time (benchmarks/shipped_configs.py reads them)")
     args = p.parse_args()
-    if args.skip_baselines and not (args.paper or args.max_drop is not None or args.also):
-        p.error("--skip-baselines leaves only dense: add --paper, --max-drop or --also")
+    extra = args.paper or args.max_drop is not None or bool(args.also)
+    if args.dense_only and (extra or args.skip_baselines):
+        p.error("--dense-only runs no pruning: drop --paper, --max-drop, --also and "
+                "--skip-baselines")
+    if args.skip_baselines and not extra:
+        p.error("--skip-baselines leaves only dense: add --paper, --max-drop or --also "
+                "(or ask for --dense-only)")
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = run_dir / "commands.log"
     dense = run_dir / "dense"
     run(["metaprune", "train", "--config", args.config, "--out", str(dense), "--no-progress"],
         log)
-    jobs = [] if args.skip_baselines else [("anp", ["--method", "anp"]),
+    jobs = [] if args.skip_baselines or args.dense_only else [("anp", ["--method", "anp"]),
                                            ("magnitude", ["--method", "magnitude"])]
     if args.paper:
         jobs.append(("anp, --preset paper", ["--method", "anp", "--preset", "paper"]))
@@ -94,45 +103,8 @@ def main() -> None:
     jobs += [(f"anp, {opts}", ["--method", "anp", *opts.split()]) for opts in args.also]
     evals = {"dense": dense / "model"}
     dirs = {"dense": dense}
-    for label, opts in jobs:
-        out = run_dir / slug(label)
-        sparsity = [] if "--max-drop" in opts else ["--sparsity", args.sparsity]
-        run(["metaprune", "prune", str(dense / "model"), *opts, *sparsity,
-             *args.prune_options.split(), "--out", str(out), "--no-progress"], log)
-        if "--max-drop" in opts:  # the round chosen on validation tasks
-            best = json.loads((out / "validation.json").read_text())["best"]
-            if best is None:
-                continue
-            label = f"{label} (chose {100 * best['sparsity']:.1f}%)"
-            evals[label] = Path(best["checkpoint"])
-        else:
-            state = json.loads((out / "state.json").read_text())
-            evals[label] = Path(state["rounds"][-1]["checkpoint"])
-        dirs[label] = out
     results: dict[str, EvalResult] = {}
     tasks = TaskList.load(dense / "test_tasks.json")  # written by `train`, as `evaluate` draws
-    for label, ck in evals.items():
-        save = run_dir / f"test_{slug(label)}.json"
-        # a resumed --max-drop run may choose another round: a cached result must be this
-        # model's, on the dense run's test tasks
-        learner = load_checkpoint(ck).learner
-        if not save.exists() or not EvalResult.load(save).matches(tasks, learner):
-            run(["metaprune", "evaluate", str(ck), "--save", str(save), "--no-progress"], log)
-        results[label] = EvalResult.load(save)
-    rows = []
-    for label, res in results.items():
-        row = {"model": label, "accuracy": round(100 * res.accuracy, 2),
-               "ci95": round(100 * res.ci95, 2), "tasks": int(res.accuracies.size)}
-        if label != "dense":
-            d = paired_difference(res, results["dense"])
-            row.update(diff_vs_dense=round(100 * d.mean, 2), diff_ci95=round(100 * d.ci95, 2))
-            if label != "magnitude" and "magnitude" in results:
-                m = paired_difference(res, results["magnitude"])
-                row.update(diff_vs_magnitude=round(100 * m.mean, 2),
-                           vs_magnitude_ci95=round(100 * m.ci95, 2))
-            row["checkpoint"] = str(evals[label])
-        row["work_seconds"] = round(work_seconds(dirs[label]))
-        rows.append(row)
     notes = (f"Config `{args.config}`, CLI defaults (`--preset recommended` unless the row "
              f"says otherwise), sparsity {args.sparsity} of the pruned layers' weights; paired "
              "differences in points on the config's fixed test tasks. `work_seconds`: the "
@@ -141,7 +113,59 @@ def main() -> None:
              "included), with the default worker processes on this machine, summed over "
              "every invocation if a run was killed and resumed. Commands and their "
              f"output: `{log}` (not committed).")
-    write_results(RESULTS / args.name, f"Out of the box: {args.config}", notes, rows)
+
+    def report(pending: list[str]) -> None:
+        """Evaluates the finished models not evaluated yet and writes the results so far, so
+        a run stopped before its last job keeps the rows it finished."""
+        for label, ck in evals.items():
+            if label in results:
+                continue
+            save = run_dir / f"test_{slug(label)}.json"
+            # a resumed --max-drop run may choose another round: a cached result must be this
+            # model's, on the dense run's test tasks
+            learner = load_checkpoint(ck).learner
+            if not save.exists() or not EvalResult.load(save).matches(tasks, learner):
+                run(["metaprune", "evaluate", str(ck), "--save", str(save), "--no-progress"],
+                    log)
+            results[label] = EvalResult.load(save)
+        rows = []
+        for label, res in results.items():
+            row = {"model": label, "accuracy": round(100 * res.accuracy, 2),
+                   "ci95": round(100 * res.ci95, 2), "tasks": int(res.accuracies.size)}
+            if label != "dense":
+                d = paired_difference(res, results["dense"])
+                row.update(diff_vs_dense=round(100 * d.mean, 2),
+                           diff_ci95=round(100 * d.ci95, 2))
+                if label != "magnitude" and "magnitude" in results:
+                    m = paired_difference(res, results["magnitude"])
+                    row.update(diff_vs_magnitude=round(100 * m.mean, 2),
+                               vs_magnitude_ci95=round(100 * m.ci95, 2))
+                row["checkpoint"] = str(evals[label])
+            row["work_seconds"] = round(work_seconds(dirs[label]))
+            rows.append(row)
+        unfinished = (f" Not run to the end yet: {', '.join(pending)}." if pending else "")
+        write_results(RESULTS / args.name, f"Out of the box: {args.config}", notes + unfinished,
+                      rows)
+
+    report([label for label, _ in jobs])
+    for i, (label, opts) in enumerate(jobs):
+        out = run_dir / slug(label)
+        sparsity = [] if "--max-drop" in opts else ["--sparsity", args.sparsity]
+        run(["metaprune", "prune", str(dense / "model"), *opts, *sparsity,
+             *args.prune_options.split(), "--out", str(out), "--no-progress"], log)
+        pending = [later for later, _ in jobs[i + 1:]]
+        if "--max-drop" in opts:  # the round chosen on validation tasks
+            best = json.loads((out / "validation.json").read_text())["best"]
+            if best is None:
+                report(pending)
+                continue
+            label = f"{label} (chose {100 * best['sparsity']:.1f}%)"
+            evals[label] = Path(best["checkpoint"])
+        else:
+            state = json.loads((out / "state.json").read_text())
+            evals[label] = Path(state["rounds"][-1]["checkpoint"])
+        dirs[label] = out
+        report(pending)
     print((RESULTS / f"{args.name}.md").read_text())
 
 

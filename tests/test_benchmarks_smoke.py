@@ -297,6 +297,18 @@ def test_out_of_the_box_skip_baselines(tmp_path, tiny_config) -> None:
         run_script("out_of_the_box", "--config", str(tiny_config), "--run-dir",
                    str(tmp_path / "run2"), "--name", "smoke_ootb2", "--skip-baselines",
                    results=tmp_path)
+    with pytest.raises(AssertionError, match="exited with 2"):  # dense only, yet pruning asked
+        run_script("out_of_the_box", "--config", str(tiny_config), "--run-dir",
+                   str(tmp_path / "run2"), "--name", "smoke_ootb2", "--dense-only", "--paper",
+                   results=tmp_path)
+    # --dense-only on the same run: its dense model and test result are reused, nothing pruned
+    run_script("out_of_the_box", "--config", str(tiny_config), "--run-dir", str(tmp_path / "run"),
+               "--name", "smoke_dense", "--dense-only", results=tmp_path)
+    (dense,) = rows(tmp_path / "smoke_dense.csv")
+    assert sorted(dense) == ["accuracy", "ci95", "model", "tasks", "work_seconds"]
+    assert all(dense[k] == got[0][k] for k in ("model", "accuracy", "ci95", "tasks"))
+    assert float(dense["work_seconds"]) == round(read_meta(tmp_path / "run" / "dense" / "model")
+                                                 ["train_seconds"])
 
 
 def test_deploy_bn_modes(curve, capsys) -> None:
