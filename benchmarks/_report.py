@@ -129,6 +129,23 @@ def write_results(stem: Path, title: str, notes: str, rows: list[dict], tail: st
     atomic_write_text(with_extension(stem, ".md"), md)
 
 
+def dense_row(stem: str, results: Path | None = None) -> dict[str, str]:
+    """The dense model's row of the results CSV ``stem`` (a ``model`` or ``method`` column)."""
+    with open((results or RESULTS) / f"{stem}.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("method", r.get("model")) == "dense"]
+    if not rows:
+        raise ValueError(f"{stem}.csv has no dense row")
+    return rows[0]
+
+
+def file_at_commit(commit: str, path: str) -> str | None:
+    """The text of the repository file ``path`` at git commit ``commit`` (the first word of a
+    results header's commit field), or None where git does not have it."""
+    shown = subprocess.run(["git", "show", f"{commit.split()[0]}:{path}"], capture_output=True,
+                           text=True, cwd=Path(__file__).parent)
+    return shown.stdout if shown.returncode == 0 else None
+
+
 def cached_evaluation(path: Path, tasks, learner, evaluate_now):
     """The ``EvalResult`` saved at ``path`` if it is the evaluation of ``learner`` (same
     weights, masks, config and steps) on ``tasks``; otherwise ``evaluate_now(learner)``,

@@ -12,14 +12,13 @@ against the published budget (Finn et al. 2017: 60,000 iterations, meta-batch 32
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, write_results  # noqa: E402
+from _report import RESULTS, dense_row, file_at_commit, write_results  # noqa: E402
 
 # (results stem, n_way, how the dense row was made)
 SOURCES = [
@@ -52,23 +51,14 @@ def tasks_seen(header: str, base: dict[str, int]) -> int:
     raise ValueError("no meta-training budget found in the header")
 
 
-def dense_row(stem: str) -> dict:
-    with open(RESULTS / f"{stem}.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("method", r.get("model")) == "dense"]
-    if not rows:
-        raise ValueError(f"{stem}.csv has no dense row")
-    return rows[0]
-
-
 def ootb_budget(md: str) -> tuple[int, int]:
     """Iterations and meta-batch of an out-of-the-box run: from the config file it names, as
     committed at the run's commit (the config may have changed since)."""
-    import subprocess
-
     config = re.search(r"--config (\S+)", md)[1]
     commit = re.search(r"git commit ([0-9a-f]{7,})", md)[1]
-    text = subprocess.run(["git", "show", f"{commit}:{config}"], capture_output=True, text=True,
-                          check=True, cwd=RESULTS).stdout
+    text = file_at_commit(commit, config)
+    if text is None:
+        raise ValueError(f"git has no {config} at commit {commit}")
     m = re.search(r"iterations: (\d+), meta_batch: (\d+)", text)
     return int(m[1]), int(m[2])
 

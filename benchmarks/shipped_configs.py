@@ -17,14 +17,13 @@ import argparse
 import csv
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import RESULTS, write_results  # noqa: E402
+from _report import RESULTS, dense_row, file_at_commit, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,19 +53,6 @@ def config_of(command: str) -> str | None:
     return words[words.index("--config") + 1]
 
 
-def config_at(commit: str, config: str) -> dict | None:
-    """The config file as it was at ``commit`` (None where git does not have it)."""
-    sha = commit.split()[0]
-    shown = subprocess.run(["git", "show", f"{sha}:{config}"], cwd=ROOT, capture_output=True,
-                           text=True)
-    return yaml.safe_load(shown.stdout) if shown.returncode == 0 else None
-
-
-def dense_row(md: Path) -> dict[str, str]:
-    with md.with_name(md.stem + ".csv").open() as f:
-        return next(r for r in csv.DictReader(f) if r["model"] == "dense")
-
-
 def published(config: dict, results: Path) -> dict[str, str] | None:
     data, learner = config["data"], config["learner"]
 
@@ -91,13 +77,15 @@ def row_for(config: Path, results: Path) -> dict:
     found = []
     for md in sorted(results.glob("*.md")):
         fields = header_fields(md)
-        if (config_of(fields.get("command", "")) == row["config"] and "commit" in fields
-                and config_at(fields["commit"], row["config"]) == today):
+        if config_of(fields.get("command", "")) != row["config"] or "commit" not in fields:
+            continue
+        as_run = file_at_commit(fields["commit"], row["config"])
+        if as_run is not None and yaml.safe_load(as_run) == today:
             found.append((fields["date"], md, fields))
     if not found:
         return {**row, "dense_accuracy": "not measured"}
     _, md, fields = max(found, key=lambda f: f[0])
-    dense = dense_row(md)
+    dense = dense_row(md.stem, results)
     row.update(dense_accuracy=float(dense["accuracy"]), ci95=float(dense["ci95"]),
                test_tasks=int(dense["tasks"]),
                train_minutes=round(float(dense["work_seconds"]) / 60, 1))
