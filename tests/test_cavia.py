@@ -152,3 +152,73 @@ def test_adaptation_shift_sees_the_context_change_the_layer_inputs(sampler):
     before = [n for n in rows if n.startswith(("features.0", "features.1", "features.2"))]
     assert after and all(rows[n]["dH_adapt"] > 1e-6 for n in after)
     assert all(rows[n]["dH_adapt"] == 0 for n in before)
+
+
+def test_film_sits_where_cavia_puts_it_conv_batchnorm_pool_film_relu():
+    """Reference: CAVIA's own forward (its classification model), conv - BatchNorm - pool -
+    FiLM ``gamma * h + beta`` - ReLU, written out; the learner gives the same logits for
+    contexts whose gammas have both signs (where pooling after the ReLU would differ)."""
+    import torch.nn.functional as F
+
+    learner = tiny(torch.float64)
+    x = torch.rand(6, 1, 12, 12, dtype=torch.float64)
+    ctx = 3.0 * torch.randn(6, dtype=torch.float64)
+    params = {**learner.params(), "context": ctx}
+    gamma, beta = F.linear(ctx, learner.film["b2_weight"], learner.film["b2_bias"]).chunk(2)
+    assert float(gamma.detach().min()) < 0 < float(gamma.detach().max())
+    h = x
+    for i, block in enumerate(learner.model.features):
+        conv, bn = block[0], block[1]
+        h = F.batch_norm(conv(h), None, None, bn.weight, bn.bias, training=True)  # no hook
+        if len(block) == 4:  # conv4 stops pooling once the map is 1x1
+            h = F.max_pool2d(h, 2)
+        if i == 2:
+            h = gamma.view(1, -1, 1, 1) * h + beta.view(1, -1, 1, 1)
+        h = F.relu(h)
+    expected = learner.model.head(h.flatten(1))
+    with torch.no_grad():
+        got = learner.forward(params, x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    # ... and the zero context is the generator's bias (CAVIA's initialisation: not zero)
+    assert float(learner.film["b2_bias"].abs().max()) > 0
+    # the placement is part of the learner's config and of the exported rule
+    assert learner.config()["film_site"] == "pool_film_relu"
+    with pytest.raises(ValueError, match="film_site"):
+        build_learner("cavia", copy.deepcopy(learner.model), film_site="block_output")
+
+
+def test_device_inference_module_carries_the_adapted_film_as_a_layer(sampler, tmp_path):
+    """The adapted model's inference module (what ONNX export traces) has the task's FiLM as a
+    layer, equal to the frozen network with the FiLM hook; an .mpz without rule.film_site is
+    refused."""
+    from metaprune.deploy.format import FormatError, load_mpz
+    from metaprune.deploy.runtime import freeze_batchnorm
+    from metaprune.models.layers import FixedFiLM, add_film_hooks
+
+    learner = tiny()
+    with torch.no_grad():
+        for p in learner.film.values():
+            p.normal_(0, 2.0)
+    dm = DeviceModel.load(save_mpz(tmp_path / "c.mpz", mpz_from_learner(learner)))
+    task = sampler.task(3)
+    adapted = dm.adapt(task.support_x, task.support_y)
+    (gamma, _beta), = adapted.film.values()
+    assert float(gamma.detach().min()) < 0 < float(gamma.detach().max())
+    module = adapted.inference_module()
+    assert sum(isinstance(m, FixedFiLM) for m in module.modules()) == 1
+    assert not any(m._forward_hooks for m in module.modules())
+    ref = copy.deepcopy(dm.model)
+    ref.load_state_dict(adapted.params, strict=False)
+    freeze_batchnorm(ref, adapted.bn_stats)
+    add_film_hooks(ref, list(adapted.film), lambda b, _out: adapted.film[b])
+    with torch.no_grad():
+        expected = ref.eval()(task.query_x)
+        got = module(task.query_x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adapted.logits(task.query_x), expected, rtol=1e-5, atol=1e-5)
+    # an .mpz whose rule does not record the FiLM placement is refused, naming the field
+    mpz = mpz_from_learner(learner)
+    del mpz.meta["rule"]["film_site"]
+    save_mpz(tmp_path / "old.mpz", mpz)
+    with pytest.raises(FormatError, match="rule.film_site"):
+        load_mpz(tmp_path / "old.mpz")

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..models.layers import Embedding, MaxPool2, add_film_hooks, film_parameters
+from ..models.layers import Embedding, MaxPool2, add_film_hooks, film_parameters, film_site
 from .executorch_runtime import LOSS_METHOD, META_METHOD, PREDICT_METHOD, PTE_FORMAT, PTE_VERSION
 from .format import load_mpz
 from .runtime import DeviceModel
@@ -117,6 +117,8 @@ class AmaxPool2(nn.Module):
     def __init__(self, ceil_mode: bool = False, mode: str = "where"):
         super().__init__()
         self.ceil_mode, self.mode = ceil_mode, mode
+
+    commutes_with_relu = True  # a FiLM site may move ReLU past it (models.layers.film_site)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "indices":
@@ -349,6 +351,7 @@ class _Program(nn.Module):
         for b in self.film_blocks:
             self.register_buffer(f"film_w{b}", dm.mpz.film[f"b{b}_weight"].clone())
             self.register_buffer(f"film_b{b}", dm.mpz.film[f"b{b}_bias"].clone())
+            film_site(net.features[b])  # the block in CAVIA's order now, not while tracing
 
     def run(self, x: torch.Tensor, adapted: list[torch.Tensor]) -> torch.Tensor:
         if self.kind != "context":

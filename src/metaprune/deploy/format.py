@@ -48,6 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..models import registry as _models  # noqa: F401  (all backbones, conv4-slim included)
+from ..models.layers import FILM_SITE
 from ..models.registry import build_on_meta
 
 FORMAT = "metaprune-mpz"
@@ -150,7 +151,8 @@ def rule_of(learner: Any) -> dict[str, Any]:
         return {"learner": cfg["name"], "kind": "context",
                 "steps": int(learner.eval_inner_steps), "inner_lr": float(learner.inner_lr),
                 "per_weight_lr": False, "adapt": [], "context_dim": int(cfg["context_dim"]),
-                "film_blocks": [int(b) for b in cfg["film_blocks"]]}
+                "film_blocks": [int(b) for b in cfg["film_blocks"]],
+                "film_site": cfg["film_site"]}
     per_weight = bool(learner.extra_state())
     kind = "prototypes" if learner.name == "protonet" else "gradient"
     return {"learner": cfg.get("name", learner.name), "kind": kind,
@@ -280,6 +282,11 @@ def check_rule(rule: Any, where: str) -> None:
                 isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 64 for b in blocks)):
             raise FormatError(f"{where}: rule.film_blocks must be a list of block indices, "
                               f"got {blocks!r}")
+        if rule.get("film_site") != FILM_SITE:
+            raise FormatError(f"{where}: rule.film_site must be {FILM_SITE!r} (CAVIA's "
+                              f"conv - BatchNorm - pool - FiLM - ReLU), got "
+                              f"{rule.get('film_site')!r}; a CAVIA model trained before FiLM "
+                              f"sat there must be trained and exported again")
     _int(rule.get("steps"), 0, MAX_STEPS, f"{where}: rule.steps")
     lr = rule.get("inner_lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (

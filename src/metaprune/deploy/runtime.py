@@ -45,7 +45,7 @@ from torch.func import functional_call
 from ..finite import NonFiniteError, non_finite
 from ..images import IMAGE_SUFFIXES, read_image
 from ..models import build_model
-from ..models.layers import Embedding, add_film_hooks, block_channels, film_parameters
+from ..models.layers import Embedding, add_film_hooks, block_channels, film_parameters, insert_film
 from .format import MPZ, check_rule, load_mpz
 
 BN_MODES = ("support", "batch")
@@ -198,8 +198,7 @@ class AdaptedModel:
             model = copy.deepcopy(self.base)
             model.load_state_dict(self.params, strict=False)
             freeze_batchnorm(model, self.bn_stats)
-            if self.film:  # fixed FiLM on this copy only
-                add_film_hooks(model, list(self.film), lambda b, _out: self.film[b])
+            insert_film(model, self.film)  # the task's FiLM as a layer, not a hook
             if self.kind == "prototypes":
                 model = PrototypeClassifier(model, self.prototypes)
             self._module = model.eval().requires_grad_(False)

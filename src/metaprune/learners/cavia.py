@@ -1,9 +1,11 @@
 """CAVIA (Zintgraf et al. 2019, "Fast context adaptation via meta-learning").
 
 Each task gets a context vector (``context_dim`` numbers, zero at the start of every task). A
-FiLM layer after chosen blocks of the backbone (the third by default, after its pooling) scales
-and shifts the block's output channels by a linear map of the context:
-``out * (1 + gamma) + beta`` with ``[gamma, beta] = W c + b``. The inner loop adapts ONLY the
+FiLM layer in chosen blocks of the backbone (the third by default) scales and shifts the
+block's channels by a linear map of the context, where CAVIA's own network does: after
+BatchNorm and max-pooling, before the ReLU (``models.layers.FILM_SITE``), as
+``gamma * out + beta`` with ``[gamma, beta] = W c + b``, ``W`` Kaiming-uniform and ``b``
+nn.Linear's default (the original's initialisation). The inner loop adapts ONLY the
 context (second order by default); the outer loop meta-trains every backbone weight and the
 FiLM generators. Pruning sees the backbone's Conv2d/Linear weights as usual; the FiLM
 generators and the context are learner state (``extra_state``), never pruned.
@@ -14,14 +16,13 @@ the learner (``model(x)``) use a zero context: the un-adapted network.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..models.layers import add_film_hooks, block_channels, film_parameters
+from ..models.layers import FILM_SITE, add_film_hooks, block_channels, film_parameters
 from .base import Learner, Params, prefixed
 from .registry import register_learner
 
@@ -33,8 +34,11 @@ class CAVIA(Learner):
     name = "cavia"
 
     def __init__(self, model: nn.Module, context_dim: int = 100,
-                 film_blocks: Sequence[int] = (2,), **kw):
+                 film_blocks: Sequence[int] = (2,), film_site: str = FILM_SITE, **kw):
         super().__init__(model, **kw)
+        if film_site != FILM_SITE:
+            raise ValueError(f"CAVIA: film_site {film_site!r} is not supported (only "
+                             f"{FILM_SITE!r}: conv - BatchNorm - pool - FiLM - ReLU)")
         blocks = getattr(model, "features", None)
         if not isinstance(blocks, nn.Sequential):
             raise ValueError(f"CAVIA needs a backbone whose blocks are model.features (an "
@@ -52,13 +56,11 @@ class CAVIA(Learner):
         self.film_blocks = film_blocks
         self.adapt_names = [CONTEXT]
         self.film = nn.ParameterDict()
-        bound = 1.0 / math.sqrt(self.context_dim)  # nn.Linear's default init for the weight
         for b in film_blocks:
-            c = block_channels(blocks[b])
-            self.film[f"b{b}_weight"] = nn.Parameter(
-                torch.empty(2 * c, self.context_dim).uniform_(-bound, bound))
-            # zero bias: a zero context leaves the block's output unchanged at the start
-            self.film[f"b{b}_bias"] = nn.Parameter(torch.zeros(2 * c))
+            generator = nn.Linear(self.context_dim, 2 * block_channels(blocks[b]))
+            nn.init.kaiming_uniform_(generator.weight, nonlinearity="linear")  # as CAVIA's code
+            self.film[f"b{b}_weight"] = generator.weight
+            self.film[f"b{b}_bias"] = generator.bias
         self.film.to(next(model.parameters()).device)
         self._context: torch.Tensor | None = None
         add_film_hooks(model, film_blocks, self._gamma_beta)
@@ -90,4 +92,4 @@ class CAVIA(Learner):
 
     def config(self) -> dict:
         return {**super().config(), "context_dim": self.context_dim,
-                "film_blocks": list(self.film_blocks)}
+                "film_blocks": list(self.film_blocks), "film_site": FILM_SITE}

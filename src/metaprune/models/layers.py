@@ -31,6 +31,8 @@ class MaxPool2(nn.Module):
     torch.maximum's backward makes the maxima 2.5-5x slower, so training keeps nn.MaxPool2d
     (benchmarks/results/maxpool.md)."""
 
+    commutes_with_relu = True  # a FiLM site may move ReLU past it (models.layers.film_site)
+
     def __init__(self, ceil_mode: bool = False):
         super().__init__()
         self.ceil_mode = ceil_mode
@@ -68,24 +70,83 @@ def film_parameters(context: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 
 def film(out: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Feature-wise linear modulation of channels: ``out * (1 + gamma) + beta``."""
+    """Feature-wise linear modulation of channels, as CAVIA writes it: ``gamma * out + beta``."""
     shape = (1, -1) + (1,) * (out.dim() - 2)
-    return out * (1 + gamma.view(shape)) + beta.view(shape)
+    return gamma.view(shape) * out + beta.view(shape)
+
+
+# Where FiLM modulates a block, recorded in CAVIA's config and the .mpz rule: CAVIA's own order,
+# conv - BatchNorm - max-pool - FiLM - ReLU (no pool in a block that has none).
+FILM_SITE = "pool_film_relu"
+
+
+def film_site(block: nn.Module) -> nn.Module:
+    """The module of a backbone block whose output FiLM modulates (:data:`FILM_SITE`): the one
+    just before the block's ReLU, once the ReLU is the block's last layer. A block ordered
+    conv - BatchNorm - ReLU - pool (conv4) gets its ReLU moved after the pooling first, in
+    place: the same function (ReLU and max-pooling commute), the same parameter names."""
+    children = list(block.children())
+    relus = [i for i, c in enumerate(children) if isinstance(c, nn.ReLU)]
+    if not isinstance(block, nn.Sequential) or len(relus) != 1 or relus[0] == 0:
+        raise ValueError(f"FiLM needs a block (nn.Sequential) with one ReLU after its first "
+                         f"layer; {type(block).__name__} is not one")
+    i = relus[0]
+    after = children[i + 1:]
+    if not all(getattr(m, "commutes_with_relu", False) or isinstance(m, nn.MaxPool2d)
+               for m in after):
+        raise ValueError(f"FiLM: only max-pooling may follow the ReLU of a FiLM block, got "
+                         f"{[type(m).__name__ for m in after]}")
+    if after:
+        _reorder(block, children[:i] + after + [children[i]])
+        return after[-1]
+    return children[i - 1]
+
+
+def _reorder(block: nn.Sequential, layers: list[nn.Module]) -> None:
+    """Make ``layers`` the children of ``block``, in that order (keys "0", "1", ...)."""
+    for key in list(block._modules):
+        del block._modules[key]
+    for j, layer in enumerate(layers):
+        block.add_module(str(j), layer)
+
+
+class FixedFiLM(nn.Module):
+    """A fixed FiLM ``(gamma, beta)`` as a layer (an adapted CAVIA model's inference form)."""
+
+    def __init__(self, gamma: torch.Tensor, beta: torch.Tensor):
+        super().__init__()
+        self.register_buffer("gamma", gamma.detach().clone())
+        self.register_buffer("beta", beta.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return film(x, self.gamma, self.beta)
+
+
+def insert_film(model: nn.Module, film_of_block: dict[int, tuple[torch.Tensor, torch.Tensor]]
+                ) -> None:
+    """Insert (in place) a :class:`FixedFiLM` after the FiLM site of each listed block of
+    ``model.features``: a graph without hooks, which tracing and export keep."""
+    for b, (gamma, beta) in film_of_block.items():
+        block = model.features[b]
+        site = film_site(block)
+        layers = list(block.children())
+        at = next(i for i, m in enumerate(layers) if m is site) + 1
+        _reorder(block, layers[:at] + [FixedFiLM(gamma, beta)] + layers[at:])
 
 
 def add_film_hooks(model: nn.Module, blocks: list[int],
                    gamma_beta: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
                    ) -> list[RemovableHandle]:
-    """FiLM the output of ``model.features[b]`` for each ``b`` in ``blocks`` with
-    ``gamma_beta(b, output)``; returns the hook handles (``.remove()`` undoes it). CAVIA's
-    learner and the device runtime share this."""
+    """FiLM block ``b`` of ``model.features`` (at :func:`film_site`) with
+    ``gamma_beta(b, output)`` for each ``b`` in ``blocks``; returns the hook handles
+    (``.remove()`` undoes it). CAVIA's learner and the device runtimes share this."""
     handles = []
     for b in blocks:
         def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor,
                  b: int = b) -> torch.Tensor:
             return film(out, *gamma_beta(b, out))
 
-        handles.append(model.features[b].register_forward_hook(hook))
+        handles.append(film_site(model.features[b]).register_forward_hook(hook))
     return handles
 
 
