@@ -33,13 +33,23 @@ def sampler():
                        3, 1, 2)
 
 
-def test_only_the_context_adapts_and_a_zero_context_is_the_backbone(sampler):
+def fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same conv4 weights in a new module: no FiLM hooks, the original block order."""
+    twin = build_model("conv4", **model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def test_only_the_context_adapts_and_a_zero_context_is_the_generator_bias(sampler):
+    from metaprune.models.layers import add_film_hooks
+
     learner = tiny()
     task = sampler.task(0)
-    plain = build_learner("maml", copy.deepcopy(learner.model))  # no FiLM hooks
+    plain = fresh_copy(learner.model)
+    gamma, beta = learner.film["b2_bias"].detach().chunk(2)
+    add_film_hooks(plain, [2], lambda _b, _out: (gamma, beta))
     with torch.no_grad():
-        assert torch.equal(learner.forward(learner.params(), task.query_x),
-                           plain.forward(plain.params(), task.query_x))
+        assert torch.equal(learner.forward(learner.params(), task.query_x), plain(task.query_x))
     adapted = learner.adapt(task.support_x, task.support_y)
     for n, p in learner.model.named_parameters():
         assert adapted.params[n] is p  # the weights are the meta-parameters, untouched
@@ -162,7 +172,7 @@ def test_film_sits_where_cavia_puts_it_conv_batchnorm_pool_film_relu():
 
     learner = tiny(torch.float64)
     x = torch.rand(6, 1, 12, 12, dtype=torch.float64)
-    ctx = 3.0 * torch.randn(6, dtype=torch.float64)
+    ctx = (3.0 * torch.randn(6, dtype=torch.float64)).requires_grad_()
     params = {**learner.params(), "context": ctx}
     gamma, beta = F.linear(ctx, learner.film["b2_weight"], learner.film["b2_bias"]).chunk(2)
     assert float(gamma.detach().min()) < 0 < float(gamma.detach().max())
@@ -176,15 +186,76 @@ def test_film_sits_where_cavia_puts_it_conv_batchnorm_pool_film_relu():
             h = gamma.view(1, -1, 1, 1) * h + beta.view(1, -1, 1, 1)
         h = F.relu(h)
     expected = learner.model.head(h.flatten(1))
-    with torch.no_grad():
-        got = learner.forward(params, x)
+    got = learner.forward(params, x)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    # ... and the zero context is the generator's bias (CAVIA's initialisation: not zero)
-    assert float(learner.film["b2_bias"].abs().max()) > 0
-    # the placement is part of the learner's config and of the exported rule
+    # the inner loop's gradient: the same through both
+    g_got, = torch.autograd.grad(got.square().sum(), ctx)
+    g_ref, = torch.autograd.grad(expected.square().sum(), ctx)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_film_generator_starts_as_cavias():
+    """Weight Kaiming-uniform (bound sqrt(3 / context_dim)), bias nn.Linear's default (bound
+    1 / sqrt(context_dim)); CAVIA's own hyper-parameters by default."""
+    learner = build_learner("cavia", build_model("conv4", width=64))
+    w, b = learner.film["b2_weight"], learner.film["b2_bias"]
+    assert w.shape == (128, 100) and b.shape == (128,)
+    for t, bound in ((w, (3 / 100) ** 0.5), (b, 0.1)):
+        assert 0.9 * bound < float(t.abs().max()) <= bound
+    assert (learner.inner_lr, learner.inner_steps, learner.eval_inner_steps) == (1.0, 2, 2)
+    from metaprune.config import load_config
+
+    assert load_config(None, ["learner.name=cavia"])["learner"] | {"name": 0} == {
+        "name": 0, "inner_lr": 1.0, "inner_steps": 2, "eval_inner_steps": 2, "meta_lr": 1e-3}
+    # what a config sets wins
+    assert load_config(None, ["learner.name=cavia", "learner.inner_steps=1"]
+                       )["learner"]["inner_steps"] == 1
+
+
+def test_film_site_moves_the_relu_once_and_refuses_other_blocks():
+    from metaprune.models.layers import FixedFiLM, film_site, insert_film
+
+    model = build_model("conv4", n_way=3, in_channels=1, width=4, image_size=12)
+    x = torch.rand(4, 1, 12, 12)
+    before = model(x)
+    block = model.features[0]
+    site = film_site(block)
+    assert [type(m).__name__ for m in block] == ["Conv2d", "BatchNorm2d", "MaxPool2", "ReLU"]
+    assert film_site(block) is site  # idempotent
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # the same function
+    assert sorted(model.state_dict()) == sorted(build_model(
+        "conv4", n_way=3, in_channels=1, width=4, image_size=12).state_dict())
+    last = model.features[3]  # 12 -> 6 -> 3 -> 1: no pooling, FiLM on the BatchNorm output
+    assert film_site(last) is last[1]
+    insert_film(model, {0: (torch.ones(4), torch.zeros(4))})
+    assert isinstance(block[3], FixedFiLM)
+    with pytest.raises(ValueError, match="fixed FiLM already"):
+        film_site(block)
+    with pytest.raises(ValueError, match="FiLM needs a block"):
+        build_learner("cavia", build_model("resnet12", widths=[4, 4, 4, 4], image_size=12))
+
+
+
+def test_a_checkpoint_without_the_film_site_is_refused(tmp_path):
+    """A CAVIA checkpoint from before FiLM sat where CAVIA puts it computes differently: its
+    sidecar lacks learner.film_site, and loading or resuming it is refused, naming the key."""
+    import json
+
+    from metaprune.checkpoint import CheckpointError, restore_checkpoint
+
+    learner = tiny()
     assert learner.config()["film_site"] == "pool_film_relu"
     with pytest.raises(ValueError, match="film_site"):
-        build_learner("cavia", copy.deepcopy(learner.model), film_site="block_output")
+        build_learner("cavia", fresh_copy(learner.model), film_site="block_output")
+    save_checkpoint(tmp_path / "c", learner)
+    load_checkpoint(tmp_path / "c")  # the current form loads
+    doc = json.loads((tmp_path / "c.json").read_text())
+    del doc["learner"]["film_site"]
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="learner.film_site is None"):
+        load_checkpoint(tmp_path / "c")
+    with pytest.raises(CheckpointError, match="learner.film_site is None"):
+        restore_checkpoint(tiny(), tmp_path / "c")
 
 
 def test_device_inference_module_carries_the_adapted_film_as_a_layer(sampler, tmp_path):

@@ -216,6 +216,19 @@ def _spec(doc: dict, field: str, where: Path) -> tuple[str, dict]:
     return spec["name"], kwargs
 
 
+def check_saved_learner(learner: Learner, doc: dict, where: str) -> None:
+    """Refuse a checkpoint whose recorded learner config lacks, or differs in, a key that
+    defines what ``learner`` computes (``Learner.required_keys``, e.g. CAVIA's film_site)."""
+    saved = doc.get("learner") if isinstance(doc.get("learner"), dict) else {}
+    current = learner.config()
+    for key in learner.required_keys:
+        if saved.get(key) != current[key]:
+            raise CheckpointError(
+                f"{where}: learner.{key} is {saved.get(key)!r}, but {learner.name} now computes "
+                f"with {current[key]!r}: the checkpoint comes from an earlier metaprune whose "
+                f"{learner.name} computed differently; train it again")
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
                     device: str | torch.device = "cpu", with_optimizer: bool = True
                     ) -> Checkpoint:
@@ -243,6 +256,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None,
             raise CheckpointError(f"'{st_path}' does not fit {type(model).__name__}: missing "
                                   f"{missing[:5]}, unexpected {unexpected[:5]}")
         learner = build_learner(learner_name, model, **learner_kwargs)
+        check_saved_learner(learner, doc, f"'{js_path}'")
         learner.load_extra_state({k[8:]: v for k, v in tensors.items()
                                   if k.startswith("learner.")})
         learner.set_masks({k[5:]: v.float() for k, v in tensors.items()
@@ -263,6 +277,7 @@ def restore_checkpoint(learner: Learner, path: str | os.PathLike) -> dict:
     EXISTING learner (works for user models/learners that the registries do not know)."""
     dev = next(learner.model.parameters()).device
     doc, tensors = read_tensors(path, dev)
+    check_saved_learner(learner, doc, f"'{paths(path)[1]}'")
     for n, p in learner.model.named_parameters():  # checked before anything is overwritten
         t = tensors.get(f"model.{n}")
         if t is None or t.shape != p.shape:

@@ -223,7 +223,23 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         cfg = _merge(cfg, doc)
     for item in overrides or []:
         set_key(cfg, item)
+    in_file = doc.get("learner") if p is not None else None
+    given = {*(in_file if isinstance(in_file, dict) else {}),
+             *(item.partition("=")[0].strip()[len("learner."):] for item in overrides or []
+               if item.startswith("learner."))}
+    _learner_defaults(cfg, given)
     return validate_config(cfg, p, overrides)
+
+
+def _learner_defaults(cfg: dict, given: set[str]) -> None:
+    """The learner's own defaults (``Learner.defaults``, e.g. CAVIA's lr 1.0 and 2 steps) for
+    the learner keys neither the config file nor an override sets."""
+    from .learners import LEARNERS
+
+    section = cfg.get("learner")
+    name = section.get("name") if isinstance(section, dict) else None
+    if isinstance(name, str) and name in LEARNERS:
+        section.update({k: v for k, v in LEARNERS[name].defaults.items() if k not in given})
 
 
 _INT = re.compile(r"[-+]?\d+")

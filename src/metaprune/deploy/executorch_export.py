@@ -287,7 +287,7 @@ def exportable(model: nn.Module, channel_major: bool = True, pool: str = "where"
     """A copy of ``model`` with the layers ExecuTorch cannot differentiate replaced by
     equivalent ones; any other max-pooling is refused. ``channel_major``: every sequential
     stack of Conv4's layer types runs on ``(C, N, H, W)`` activations
-    (:class:`CnhwSequential`; not with FiLM hooks, which modulate NCHW block outputs).
+    (:class:`CnhwSequential`; not with FiLM hooks, which modulate NCHW activations).
     ``pool``: the max-poolings' :class:`AmaxPool2` mode."""
     def swap(m: nn.Module) -> nn.Module | None:
         if isinstance(m, MaxPool2):

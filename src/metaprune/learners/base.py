@@ -47,6 +47,13 @@ class Learner:
     update is not the gradient of the meta-objective, e.g. Reptile)."""
 
     name = "base"
+    # the learner's own values of the shared hyper-parameters (inner_lr, inner_steps,
+    # eval_inner_steps, ...) where they differ from the config's, used when a config or a
+    # constructor call leaves them out (CAVIA: the original paper's)
+    defaults: dict[str, float | int] = {}
+    # config() keys that define what the network computes and that a checkpoint must carry
+    # with the current value (checkpoint.check_saved_learner refuses it otherwise)
+    required_keys: tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
                  eval_inner_steps: int | None = None, meta_lr: float = 1e-3,

@@ -32,10 +32,12 @@ CONTEXT = "context"
 @register_learner("cavia")
 class CAVIA(Learner):
     name = "cavia"
+    defaults = {"inner_lr": 1.0, "inner_steps": 2, "eval_inner_steps": 2}  # Zintgraf et al.
+    required_keys = ("film_site",)  # a checkpoint from before FiLM sat there computes otherwise
 
     def __init__(self, model: nn.Module, context_dim: int = 100,
                  film_blocks: Sequence[int] = (2,), film_site: str = FILM_SITE, **kw):
-        super().__init__(model, **kw)
+        super().__init__(model, **{**self.defaults, **kw})
         if film_site != FILM_SITE:
             raise ValueError(f"CAVIA: film_site {film_site!r} is not supported (only "
                              f"{FILM_SITE!r}: conv - BatchNorm - pool - FiLM - ReLU)")

@@ -86,6 +86,8 @@ def film_site(block: nn.Module) -> nn.Module:
     conv - BatchNorm - ReLU - pool (conv4) gets its ReLU moved after the pooling first, in
     place: the same function (ReLU and max-pooling commute), the same parameter names."""
     children = list(block.children())
+    if any(isinstance(c, FixedFiLM) for c in children):
+        raise ValueError("FiLM: this block carries a fixed FiLM already (insert_film)")
     relus = [i for i, c in enumerate(children) if isinstance(c, nn.ReLU)]
     if not isinstance(block, nn.Sequential) or len(relus) != 1 or relus[0] == 0:
         raise ValueError(f"FiLM needs a block (nn.Sequential) with one ReLU after its first "
