@@ -105,7 +105,8 @@ def main() -> None:
     ap.add_argument("--retrain-iters", type=int, help="re-meta-training iterations per round")
     ap.add_argument("--methods", help="comma-separated subset of the setting's methods; "
                     f"{', '.join(STRUCTURED_METHODS)} and {SCRATCH} (after {STRUCTURED}) "
-                    "may be added to any setting")
+                    "may be added to any setting; 'none': the dense model only (e.g. a dense "
+                    "control meta-trained as long as the pruned models)")
     ap.add_argument("--tasks", type=int, default=600, help="fixed test tasks")
     ap.add_argument("--score-tasks", type=int, default=20, help="scoring tasks per round")
     ap.add_argument("--set", action="append", default=[], help="extra config override")
@@ -128,7 +129,8 @@ def main() -> None:
     setting = SETTINGS[args.setting]
     iterations = args.iterations or setting["iterations"]
     retrain = setting["retrain_iters"] if args.retrain_iters is None else args.retrain_iters
-    methods = args.methods.split(",") if args.methods else setting["methods"]
+    methods = ([] if args.methods == "none" else
+               args.methods.split(",") if args.methods else setting["methods"])
     report_at = ([float(x) for x in args.report_at.split(",")] if args.report_at
                  else setting.get("report_at", REPORT_AT))
     extra = args.extra = dict(parse_key_value(kv, "--pruning") for kv in args.pruning)
