@@ -233,6 +233,14 @@ def test_film_site_moves_the_relu_once_and_refuses_other_blocks():
         film_site(block)
     with pytest.raises(ValueError, match="FiLM needs a block"):
         build_learner("cavia", build_model("resnet12", widths=[4, 4, 4, 4], image_size=12))
+    # a refused block leaves no hook behind on the blocks before it
+    from metaprune.models.layers import add_film_hooks
+
+    model = build_model("conv4", n_way=3, in_channels=1, width=4, image_size=12)
+    model.features[2] = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1))
+    with pytest.raises(ValueError, match="FiLM needs a block"):
+        add_film_hooks(model, [0, 1, 2], lambda _b, out: (out.new_ones(4), out.new_zeros(4)))
+    assert not any(m._forward_hooks for m in model.modules())
 
 
 

@@ -142,13 +142,18 @@ def add_film_hooks(model: nn.Module, blocks: list[int],
     """FiLM block ``b`` of ``model.features`` (at :func:`film_site`) with
     ``gamma_beta(b, output)`` for each ``b`` in ``blocks``; returns the hook handles
     (``.remove()`` undoes it). CAVIA's learner and the device runtimes share this."""
-    handles = []
-    for b in blocks:
-        def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor,
-                 b: int = b) -> torch.Tensor:
-            return film(out, *gamma_beta(b, out))
+    handles: list[RemovableHandle] = []
+    try:
+        for b in blocks:
+            def hook(_module: nn.Module, _inputs: tuple, out: torch.Tensor,
+                     b: int = b) -> torch.Tensor:
+                return film(out, *gamma_beta(b, out))
 
-        handles.append(film_site(model.features[b]).register_forward_hook(hook))
+            handles.append(film_site(model.features[b]).register_forward_hook(hook))
+    except ValueError:  # a block that cannot take FiLM: none of the hooks stays
+        for h in handles:
+            h.remove()
+        raise
     return handles
 
 
