@@ -114,11 +114,11 @@ class AmaxPool2(nn.Module):
     forward: ``predict``) or "indices" (:func:`index_pool2`, the faster forward + backward:
     ``adapt_loss``)."""
 
+    commutes_with_relu = True  # a FiLM site may move ReLU past it (models.layers.film_site)
+
     def __init__(self, ceil_mode: bool = False, mode: str = "where"):
         super().__init__()
         self.ceil_mode, self.mode = ceil_mode, mode
-
-    commutes_with_relu = True  # a FiLM site may move ReLU past it (models.layers.film_site)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "indices":
