@@ -8,9 +8,14 @@ ExecuTorch runtime's Python bindings. Same flow and output as :mod:`metaprune.de
   ``lr * mask``), so pruned weights stay exactly 0;
 * prediction = the ``predict`` method, BatchNorm frozen at the support statistics.
 
-The ExecuTorch training API is experimental (executorch 1.4): the two entry points used here
-(``TrainingModule`` over ``_load_for_executorch_from_buffer``, and ``get_sgd_optimizer``) are
-imported in :func:`_executorch` only. Dependencies: torch, numpy, Pillow, executorch and the
+The ExecuTorch training API is experimental (executorch 1.4). A training method returns
+``(loss, gradients..., parameters...)``; the program's metadata methods
+``__et_training_{gradients,parameters}_index_<method>`` and ``__et_training_fqn_<method>`` say
+where each part starts and name the tensors, and the parameters are views of the program's
+own memory when the outputs are not cloned (what ExecuTorch's ``TrainingModule`` wrapper does
+on every call: here once per model, with no gradient copies). The two entry points used
+(``_load_for_executorch_from_buffer`` and ``get_sgd_optimizer``) are imported in
+:func:`_executorch` only. Dependencies: torch, numpy, Pillow, executorch and the
 device-side modules of this package (nothing from the training stack).
 """
 
@@ -43,19 +48,19 @@ def is_pte(head: bytes) -> bool:
     return len(head) >= 8 and head[4:6] == PTE_MAGIC
 
 
-def _executorch() -> tuple[Any, Any, Any]:
-    """(load-from-buffer, TrainingModule, get_sgd_optimizer) of the installed executorch."""
+def _executorch() -> tuple[Any, Any]:
+    """(load-from-buffer, get_sgd_optimizer) of the installed executorch."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from executorch.extension.pybindings.portable_lib import (
                 _load_for_executorch_from_buffer,
             )
-            from executorch.extension.training import TrainingModule, get_sgd_optimizer
+            from executorch.extension.training import get_sgd_optimizer
     except ImportError as e:
         raise ValueError("the ExecuTorch runtime needs the 'executorch' package: pip install "
                          "'metaprune[executorch]'") from e
-    return _load_for_executorch_from_buffer, TrainingModule, get_sgd_optimizer
+    return _load_for_executorch_from_buffer, get_sgd_optimizer
 
 
 def set_threads(n: int) -> None:
@@ -99,7 +104,7 @@ class ExecuTorchModel(ImageInputs):
         if not is_pte(data[:8]):
             raise ValueError(f"'{source}' is not an ExecuTorch program (.pte); write one with "
                              "'metaprune export-executorch MODEL.mpz --out MODEL.pte'")
-        load, training_module, self._sgd_factory = _executorch()
+        load, self._sgd_factory = _executorch()
         # ExecuTorch reads the program from this buffer without copying it (a freed buffer
         # crashes it): a private copy, referenced as long as the module lives
         self._data = bytes(bytearray(data))
@@ -120,10 +125,9 @@ class ExecuTorchModel(ImageInputs):
         self.rule = dict(self.meta["rule"])
         self.channels, self.size = self.meta["input"]["channels"], self.meta["input"]["size"]
         self.loss_method = self.meta["methods"]["loss"]
-        with warnings.catch_warnings():  # "experimental API" on every construction
-            warnings.simplefilter("ignore")
-            self.training = training_module(self.module)
-        self._initial: dict[str, torch.Tensor] | None = None
+        self._params: dict[str, torch.Tensor] | None = None  # views of the program's memory
+        self._initial: dict[str, torch.Tensor] = {}
+        self._grad_slice = slice(0, 0)
         self._sgd = None
 
     @classmethod
@@ -136,20 +140,29 @@ class ExecuTorchModel(ImageInputs):
     def run(self, method: str, inputs: Sequence[Any]) -> list[torch.Tensor]:
         return self.module.run_method(method, tuple(inputs))
 
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One forward + backward of the training method, then ExecuTorch's SGD step."""
+        out = self.module.run_method(self.loss_method, (x, y), clone_outputs=False)
+        self._sgd.step(dict(zip(self._initial, out[self._grad_slice])))
+
     def _fresh_parameters(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The program's trainable tensors (ExecuTorch's memory), reset to the stored values.
-        They exist only after a first ``forward_backward``: the first call runs one, unused."""
-        if self._initial is None:
-            self.training.forward_backward(self.loss_method, (x, y))
-            params = self.training.named_parameters()
-            self._initial = {n: p.clone() for n, p in params.items()}
+        They are outputs of the training method: the first call runs it once, unused."""
+        if self._params is None:
+            m = self.loss_method
+            start = self.run(f"__et_training_gradients_index_{m}", ())[0]
+            end = self.run(f"__et_training_parameters_index_{m}", ())[0]
+            names = list(self.run(f"__et_training_fqn_{m}", ()))
+            out = self.module.run_method(m, (x, y), clone_outputs=False)
+            self._params = dict(zip(names, out[end:]))
+            self._initial = {n: p.clone() for n, p in self._params.items()}
+            self._grad_slice = slice(start, end)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._sgd = self._sgd_factory(params, float(self.meta["sgd_lr"]))
-        params = self.training.named_parameters()
-        for n, p in params.items():
+                self._sgd = self._sgd_factory(self._params, float(self.meta["sgd_lr"]))
+        for n, p in self._params.items():
             p.copy_(self._initial[n])
-        return params
+        return self._params
 
     def check_support(self, x: torch.Tensor, y: torch.Tensor) -> None:
         m = self.meta
@@ -177,8 +190,7 @@ class ExecuTorchModel(ImageInputs):
         if self.loss_method is not None:
             params = self._fresh_parameters(x, y)
             for _ in range(steps):
-                self.training.forward_backward(self.loss_method, (x, y))
-                self._sgd.step(self.training.named_gradients())
+                self._step(x, y)
             adapted = [params[f"p{i}"].clone() for i in range(len(self.meta["adapt"]))]
             if not all(bool(torch.isfinite(t).all()) for t in adapted):
                 raise NonFiniteError(f"adapting '{self.source}' diverged: NaN or inf after "
