@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mem-reps", type=int, default=3, help="memory probes per runtime")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(_report.RESULTS / "executorch_report"))
+    ap.add_argument("--note", default="", help="extra sentence for the results file")
     ap.add_argument("--memprobe", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)
     ap.add_argument("--channels", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=28, help=argparse.SUPPRESS)
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
              f"- peak memory: median of {args.mem_reps} fresh processes, increase of VmHWM "
              "over the resident set after the imports: load_adapt = loading the model file "
              "and adapting once (ExecuTorch plans and allocates its memory when it loads a "
-             "method), adapt = one adaptation after that")
+             "method), adapt = one adaptation after that"
+             + (f"\n- {args.note}" if args.note else ""))
     _report.write_results(Path(args.out), "ExecuTorch runtime vs PyTorch runtime", notes, rows)
     print(with_extension(args.out, ".md").read_text())
     return 0

@@ -31,8 +31,10 @@ max-pooling's forward indices in ``adapt_loss`` and as comparisons of the window
 against eager); stride-1 convolutions as im2col + one matrix product (:class:`MatmulConv2d`:
 ExecuTorch's portable convolution kernels, forward and backward, are about 15x slower); global
 average pooling as a mean; BatchNorm (batch statistics in ``adapt_loss``, as the backbones use
-it; the support's in ``predict``) as :class:`BatchStatsNorm`, whose short per-dimension means
-ExecuTorch computes as accurately as eager (its batch-norm kernel's single-pass sums did not).
+it; the support's in ``predict``) as :class:`BatchStatsNorm`, whose per-channel means are two
+matrix products with constant vectors (:func:`channel_mean`): ExecuTorch computes those as
+accurately as eager (its batch-norm kernel's single-pass sums did not) and with its optimised
+``mm``, forward and backward.
 
 Speed (the pip wheel's kernels: matrix products and element-wise arithmetic are optimised,
 copies, transposes, reductions and indexing are per-element loops): a sequential stack of
