@@ -74,7 +74,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     from metaprune.checkpoint import load_checkpoint
     from metaprune.data.registry import get_dataset
     from metaprune.data.tasks import TaskSampler
-    from metaprune.deploy.executorch_export import export_executorch
+    from metaprune.deploy.executorch_export import ADAPT_POOL, export_executorch, exportable
     from metaprune.deploy.format import mpz_from_learner, save_mpz, size_report
 
     ck = load_checkpoint(ckpt, with_optimizer=False)
@@ -87,19 +87,25 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     dm, em = load_runtime("torch", str(mpz)), load_runtime("executorch", str(pte))
     dm64 = load_runtime("torch", str(mpz))
     dm64.model.double()  # the float64 reference adaptation
+    # the exported training method's network (im2col convolutions, ...) adapted by the PyTorch
+    # runtime in float32: the formulation's own rounding, apart from ExecuTorch's kernels
+    dmx = load_runtime("torch", str(mpz))
+    dmx.model = exportable(dmx.model, dmx.rule["kind"] != "context", ADAPT_POOL)
     ds = get_dataset(args.dataset, args.split, args.root, **args.options)
     sampler = TaskSampler(ds, args.n_way, args.k_shot, args.queries, seed=args.seed)
     same_tasks = same_queries = queries = 0
-    max_w = max_logit = err_t = err_e = 0.0
+    max_w = max_logit = err_t = err_e = err_x = 0.0
     acc_t, acc_e = [], []
     for i in range(args.tasks):
         t = sampler.task(i)
         a, b = dm.adapt(t.support_x, t.support_y), em.adapt(t.support_x, t.support_y)
         ref = dm64.adapt(t.support_x.double(), t.support_y)
+        exported = dmx.adapt(t.support_x, t.support_y)
         for n, p in b.params.items():
             max_w = max(max_w, (p - a.params[n]).abs().max().item())
             err_t = max(err_t, (a.params[n].double() - ref.params[n]).abs().max().item())
             err_e = max(err_e, (p.double() - ref.params[n]).abs().max().item())
+            err_x = max(err_x, (exported.params[n].double() - ref.params[n]).abs().max().item())
             keep = dm.masks.get(n)
             if keep is not None and not bool((p[~keep] == 0).all()):
                 raise AssertionError(f"{name}: a pruned weight of {n} moved in ExecuTorch")
@@ -150,8 +156,11 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "max_weight_diff": f"{max_w:.1e}", "max_logit_diff": f"{max_logit:.1e}",
             # only a gradient rule adapts the model's weights (the reference is theirs)
             **({"weight_err_f64_torch": f"{err_t:.1e}",
-                "weight_err_f64_executorch": f"{err_e:.1e}"} if dm.rule["kind"] == "gradient"
-               else {"weight_err_f64_torch": None, "weight_err_f64_executorch": None}),
+                "weight_err_f64_executorch": f"{err_e:.1e}",
+                "weight_err_f64_exported_eager": f"{err_x:.1e}"}
+               if dm.rule["kind"] == "gradient"
+               else {"weight_err_f64_torch": None, "weight_err_f64_executorch": None,
+                     "weight_err_f64_exported_eager": None}),
             "acc_torch": round(100 * statistics.mean(acc_t), 2),
             "acc_executorch": round(100 * statistics.mean(acc_e), 2),
             "adapt_ms_torch": round(ms_t, 1), "adapt_ms_executorch": round(ms_e, 1),
@@ -201,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
              "class from both; weight_err_f64_torch / weight_err_f64_executorch = each "
              "runtime's largest adapted-weight error against the same adaptation in float64 "
              "(PyTorch runtime; gradient rules only), so max_weight_diff can be read against "
-             "eager float32's own rounding\n"
+             "eager float32's own rounding; weight_err_f64_exported_eager = the same error "
+             "for the network as the training method computes it (im2col convolutions and "
+             "the other exported layers) adapted by the PyTorch runtime in float32: the "
+             "exported formulation's own rounding, without ExecuTorch's kernels\n"
              f"- executorch {executorch.version.__version__}, {args.threads} thread(s) in both "
              f"runtimes (torch.set_num_threads, ExecuTorch's thread pool); times: median of "
              f"{args.reps} runs on episode 0, the two runtimes taking turns run by run "

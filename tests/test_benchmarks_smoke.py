@@ -461,6 +461,7 @@ def test_executorch_report(curve, tmp_path) -> None:
     # against float64, each runtime errs about as little as float32 rounding can
     assert float(got["weight_err_f64_torch"]) < 1e-4
     assert float(got["weight_err_f64_executorch"]) < 1e-4
+    assert float(got["weight_err_f64_exported_eager"]) < 1e-4
     assert 0 <= int(got["tasks_same_classes"]) <= 2
     assert finite(got["acc_torch"]) and float(got["adapt_ms_executorch"]) > 0
 
