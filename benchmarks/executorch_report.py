@@ -74,7 +74,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     from metaprune.checkpoint import load_checkpoint
     from metaprune.data.registry import get_dataset
     from metaprune.data.tasks import TaskSampler
-    from metaprune.deploy.executorch_export import ADAPT_POOL, export_executorch, exportable
+    from metaprune.deploy.executorch_export import export_executorch, training_network
     from metaprune.deploy.format import mpz_from_learner, save_mpz, size_report
 
     ck = load_checkpoint(ckpt, with_optimizer=False)
@@ -90,7 +90,9 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     # the exported training method's network (im2col convolutions, ...) adapted by the PyTorch
     # runtime in float32: the formulation's own rounding, apart from ExecuTorch's kernels
     dmx = load_runtime("torch", str(mpz))
-    dmx.model = exportable(dmx.model, dmx.rule["kind"] != "context", ADAPT_POOL)
+    dmx.model = training_network(dmx)
+    # only a gradient rule adapts the model's weights (the float64 columns are theirs)
+    gradient_rule = dm.rule["kind"] == "gradient"
     ds = get_dataset(args.dataset, args.split, args.root, **args.options)
     sampler = TaskSampler(ds, args.n_way, args.k_shot, args.queries, seed=args.seed)
     same_tasks = same_queries = queries = 0
@@ -100,7 +102,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
         t = sampler.task(i)
         a, b = dm.adapt(t.support_x, t.support_y), em.adapt(t.support_x, t.support_y)
         ref = dm64.adapt(t.support_x.double(), t.support_y)
-        exported = dmx.adapt(t.support_x, t.support_y)
+        exported = dmx.adapt(t.support_x, t.support_y) if gradient_rule else a  # unused
         for n, p in b.params.items():
             max_w = max(max_w, (p - a.params[n]).abs().max().item())
             err_t = max(err_t, (a.params[n].double() - ref.params[n]).abs().max().item())
@@ -154,11 +156,10 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "tasks": n, "tasks_same_classes": same_tasks,
             "queries_same_class": f"{same_queries}/{queries}",
             "max_weight_diff": f"{max_w:.1e}", "max_logit_diff": f"{max_logit:.1e}",
-            # only a gradient rule adapts the model's weights (the reference is theirs)
             **({"weight_err_f64_torch": f"{err_t:.1e}",
                 "weight_err_f64_executorch": f"{err_e:.1e}",
                 "weight_err_f64_exported_eager": f"{err_x:.1e}"}
-               if dm.rule["kind"] == "gradient"
+               if gradient_rule
                else {"weight_err_f64_torch": None, "weight_err_f64_executorch": None,
                      "weight_err_f64_exported_eager": None}),
             "acc_torch": round(100 * statistics.mean(acc_t), 2),

@@ -403,6 +403,12 @@ def adapting_tensors(dm: DeviceModel) -> tuple[list[str], list[torch.Tensor],
     return names, values, lrs, keeps
 
 
+def training_network(dm: DeviceModel) -> nn.Module:
+    """``dm``'s network as ``adapt_loss`` computes it (the ExecuTorch-friendly layers; NCHW
+    for CAVIA, whose FiLM hooks modulate NCHW activations)."""
+    return exportable(dm.model, dm.rule["kind"] != "context", ADAPT_POOL)
+
+
 class AdaptLoss(_Program):
     """``(support_x, support_y) -> (cross-entropy,)`` with the adapting tensors as the only
     trainable parameters (``p0``, ``p1``, ...), their gradients scaled by ``lr * mask``
@@ -410,7 +416,7 @@ class AdaptLoss(_Program):
 
     def __init__(self, dm: DeviceModel):
         names, values, lrs, keeps = adapting_tensors(dm)
-        net = exportable(dm.model, dm.rule["kind"] != "context", ADAPT_POOL)
+        net = training_network(dm)
         net.requires_grad_(False)
         super().__init__(dm, net, names)
         self.masked = [k is not None for k in keeps]
