@@ -462,6 +462,8 @@ def test_executorch_report(curve, tmp_path) -> None:
     assert float(got["weight_err_f64_torch"]) < 1e-4
     assert float(got["weight_err_f64_executorch"]) < 1e-4
     assert float(got["weight_err_f64_exported_eager"]) < 1e-4
+    assert float(got["max_weight_diff_torch_backends"]) < 1e-4
+    assert 0 <= int(got["tasks_weight_diff_over_tol"]) <= 2
     assert 0 <= int(got["tasks_same_classes"]) <= 2
     assert finite(got["acc_torch"]) and float(got["adapt_ms_executorch"]) > 0
 
