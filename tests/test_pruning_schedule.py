@@ -325,3 +325,17 @@ def test_cli_presets_choose_the_pruned_layers_and_the_retraining(tmp_path, capsy
     assert sorted(masks) == sorted(names[1:-1])
     assert main([*base, "--preset", "paper", "--out", str(tmp_path / "p")]) == 0
     assert sorted(load_checkpoint(tmp_path / "p" / "round01").masks) == sorted(names)
+
+
+def test_a_seed_that_changes_nothing_is_reported(sampler) -> None:
+    """``seed`` seeds only a seeded criterion: for any other method a seed unlike the
+    sampler's would silently rerun the same tasks, so prune() says so."""
+    opts = dict(sparsity=0.5, schedule="one-shot", retrain_iters=0, progress=False)
+    with pytest.warns(UserWarning, match=r"seed=1 changes nothing for method 'magnitude'.*"
+                      r"sampler \(seed 0\)"):
+        prune(make_learner(), sampler, method="magnitude", seed=1, **opts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune(make_learner(), sampler, method="random", seed=1, **opts)  # it seeds random
+        prune(make_learner(), TaskSampler(sampler.dataset, 3, 1, 2, seed=1),
+              method="magnitude", seed=1, **opts)  # the CLI's --seed: both alike

@@ -70,7 +70,7 @@ class PruneConfig:
     bn_aware: bool = False                           # anp/lobs: saliency after BatchNorm
     include_first: bool = True
     include_last: bool = True
-    seed: int = 0
+    seed: int = 0            # a seeded criterion's (random); the tasks: the sampler's seed
     checkpoint_every: int = 50
     criterion_options: dict[str, Any] | None = None  # more keyword arguments of the criterion
 
@@ -83,10 +83,13 @@ class PruneConfig:
         if self.method not in CRITERIA:
             raise ValueError(f"unknown pruning method '{self.method}'; choose from "
                              f"{sorted(CRITERIA)}")
-        takes = inspect.signature(CRITERIA[self.method]).parameters
         opts = {k: getattr(self, k) for k in CRITERION_FIELDS
-                if k in takes and getattr(self, k) is not None}
+                if self.criterion_takes(k) and getattr(self, k) is not None}
         return get_criterion(self.method, **{**opts, **(self.criterion_options or {})})
+
+    def criterion_takes(self, field: str) -> bool:
+        """Whether the constructor of ``method``'s criterion has an argument ``field``."""
+        return field in inspect.signature(CRITERIA[self.method]).parameters
 
 
 @dataclass
@@ -251,12 +254,21 @@ def prune(learner: Learner, sampler: TaskSampler, config: PruneConfig | None = N
     Each round ``r``: draw ``config.tasks`` scoring tasks from ``sampler`` (a stream disjoint
     from training), score with the criterion, prune every prunable layer to the round's
     cumulative target with exact counts, compensate (OBS), set the masks, then re-meta-train
-    with the masks for ``retrain_iters`` iterations (``meta_batch`` tasks each). ``meta`` is
+    with the masks for ``retrain_iters`` iterations (``meta_batch`` tasks each); both task
+    streams come from ``sampler``'s seed (``config.seed`` seeds only a seeded criterion, such as
+    ``random``, and prune() warns when it would change nothing). ``meta`` is
     stored in every checkpoint (e.g. the dense checkpoint's config and data). To resume a killed
     run, call again with the same learner as the first call (the dense one) and ``out_dir``.
     """
     cfg = PruneConfig(**{**asdict(config or PruneConfig()), **overrides})
     criterion = cfg.criterion()
+    sampler_seed = getattr(sampler, "seed", cfg.seed)
+    if cfg.seed != sampler_seed and not cfg.criterion_takes("seed"):
+        warnings.warn(f"seed={cfg.seed} changes nothing for method '{cfg.method}': it seeds "
+                      "only a criterion that takes a seed ('random'); the scoring and "
+                      f"re-training tasks come from the sampler (seed {sampler_seed}), so "
+                      "another replicate needs a sampler with another seed "
+                      "(metaprune prune --seed sets both)", stacklevel=2)
     targets = cfg.targets()
     names = prunable_weights(learner.model, cfg.include_first, cfg.include_last)
     if not names:
