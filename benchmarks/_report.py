@@ -57,19 +57,25 @@ def rss_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def median_seconds(fn, reps: int, warmup: int = 5) -> float:
-    """Median wall time of ``fn()`` over ``reps`` calls after ``warmup`` untimed ones."""
+def interleaved_medians(fns: dict, reps: int, rounds: int = 10, warmup: int = 5) -> dict:
+    """Median wall time of each ``fns[name]()`` over ``reps`` calls, taken in ``rounds`` turns
+    that visit every function once each (``reps // rounds`` calls a turn, at least one), so
+    that a change in the machine's load lands on all of them alike and their ratios hold."""
     import statistics
     import time
 
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    per_turn = max(1, reps // rounds)
+    times: dict = {name: [] for name in fns}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_turn):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def add_model_and_episode_options(ap, dataset: str) -> None:

@@ -36,6 +36,8 @@ from torch import nn
 from metaprune.io import with_extension
 
 ROOT = Path(__file__).resolve().parent.parent
+# row key of the timings measure() leaves for main() to take in turns: column -> (fn, reps)
+TIMED = "_timed"
 
 
 def memprobe(mpz: str, n_way: int, k_shot: int, seed: int) -> dict:
@@ -108,13 +110,14 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
         accs.append((a.logits(t.query_x).argmax(1) == t.query_y).float().mean().item())
     acc = 100 * sum(accs) / len(accs)
     ci = 196 * statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
-    # timings on one task
+    # timings on one task: timed later, in turns with the other models (main)
     t = sampler.task(0)
-    adapt_s = _report.median_seconds(lambda: dm.adapt(t.support_x, t.support_y), args.reps_adapt)
     net = dm.adapt(t.support_x, t.support_y).inference_module()
     one = t.query_x[:1]
-    with torch.no_grad():
-        latency_s = _report.median_seconds(lambda: net(one), args.reps_infer, warmup=20)
+
+    def infer() -> None:
+        with torch.no_grad():
+            net(one)
     # peak memory in fresh processes (median of --mem-reps). Buffers above 64 KiB are mmapped
     # and returned on free (glibc tunables), so the resident high-water mark follows the live
     # tensors instead of the allocator's cached free lists.
@@ -134,7 +137,9 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "stored_bytes": rep.compact_bytes, "dense_bytes": rep.dense_bytes,
             "params": n_params, "nonzero_params": n_nonzero,
             "mflops_dense": f_dense / 1e6, "mflops_nonzero": f_nz / 1e6,
-            "latency_ms_b1": 1000 * latency_s, "adapt_ms": 1000 * adapt_s,
+            "latency_ms_b1": None, "adapt_ms": None,
+            TIMED: {"latency_ms_b1": (infer, args.reps_infer),
+                    "adapt_ms": (lambda: dm.adapt(t.support_x, t.support_y), args.reps_adapt)},
             "adapt_peak_rss_kb": mem["rss_peak_delta_kb"],
             "adapt_tracemalloc_peak_kb": round(mem["tracemalloc_peak_kb"], 1),
             "accuracy": round(acc, 2), "accuracy_ci95": round(ci, 2)}
@@ -180,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give at least one --model NAME=CHECKPOINT")
 
     rows = _report.measure_models(args.model, measure, args)
+    timed = [r.pop(TIMED) for r in rows]
+    for column in timed[0]:  # every model in turns, so their ratios share the machine's load
+        fns = {i: t[column][0] for i, t in enumerate(timed)}
+        medians = _report.interleaved_medians(fns, timed[0][column][1], rounds=10)
+        for i, r in enumerate(rows):
+            r[column] = 1000 * medians[i]
     base = rows[0]
     for r in rows:
         r["latency_vs_first"] = round(r["latency_ms_b1"] / base["latency_ms_b1"], 3)
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.tasks} fixed test tasks ({args.queries} queries per class, seed {args.seed})",
           f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model;"
           f" adaptation: median of {args.reps_adapt} runtime adaptations on a 5-way 1-shot "
-          "support set",
+          "support set; both timed in 10 turns that visit every model (so a change in the "
+          "machine's load lands on all of them and the ratios hold)",
           f"- adaptation peak memory: median of {args.mem_reps} fresh processes, "
           f"{args.n_way}-way {args.mem_k_shot}-shot support set, increase of the peak resident "
           "set (VmHWM) over the resident set just before adapting (glibc: buffers > 64 KiB "

@@ -330,6 +330,7 @@ def test_device_report(curve, tmp_path) -> None:
     assert float(anp["mflops_nonzero"]) < float(anp["mflops_dense"])
     assert int(anp["stored_bytes"]) > 0 and int(anp["dense_bytes"]) == 4 * int(anp["params"])
     assert float(anp["latency_ms_b1"]) > 0 and int(anp["adapt_peak_rss_kb"]) >= 0
+    assert float(anp["latency_vs_first"]) == 1.0
     assert finite(anp["accuracy"])
 
 
@@ -574,3 +575,25 @@ def test_memory_budget(tmp_path) -> None:
     assert float(budget["activations_vs_full"]) <= 0.45 < float(uniform["activations_vs_full"])
     assert float(budget["weights_vs_full"]) <= float(uniform["weights_vs_full"])
     assert "out of reach" in unreachable["widths"]
+
+
+def test_interleaved_medians_visits_every_function_in_turns(monkeypatch) -> None:
+    """Timings taken in turns: the calls of each function are spread over all the rounds (the
+    order of calls is round by round), each is called warmup + rounds x (reps // rounds)
+    times, and a slower function gets the larger median."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import _report
+
+    calls: list[str] = []
+
+    def fn(name: str, spin: int):
+        def run() -> None:
+            calls.append(name)
+            sum(range(spin))
+        return run
+
+    medians = _report.interleaved_medians({"fast": fn("fast", 10), "slow": fn("slow", 200_000)},
+                                          reps=9, rounds=3, warmup=2)
+    assert calls[:4] == ["fast", "fast", "slow", "slow"]  # warm-up, then turns of 3 calls
+    assert calls[4:] == (["fast"] * 3 + ["slow"] * 3) * 3
+    assert medians["slow"] > medians["fast"] > 0
