@@ -36,8 +36,9 @@ from torch import nn
 from metaprune.io import with_extension
 
 ROOT = Path(__file__).resolve().parent.parent
-# row key of the timings measure() leaves for main() to take in turns: column -> (fn, reps)
+# row key of the timings measure() leaves for main() to take in turns: column -> function
 TIMED = "_timed"
+TIMING_ROUNDS = 10  # turns over every model of each timing
 
 
 def memprobe(mpz: str, n_way: int, k_shot: int, seed: int) -> dict:
@@ -138,8 +139,8 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "params": n_params, "nonzero_params": n_nonzero,
             "mflops_dense": f_dense / 1e6, "mflops_nonzero": f_nz / 1e6,
             "latency_ms_b1": None, "adapt_ms": None,
-            TIMED: {"latency_ms_b1": (infer, args.reps_infer),
-                    "adapt_ms": (lambda: dm.adapt(t.support_x, t.support_y), args.reps_adapt)},
+            TIMED: {"latency_ms_b1": infer,
+                    "adapt_ms": lambda: dm.adapt(t.support_x, t.support_y)},
             "adapt_peak_rss_kb": mem["rss_peak_delta_kb"],
             "adapt_tracemalloc_peak_kb": round(mem["tracemalloc_peak_kb"], 1),
             "accuracy": round(acc, 2), "accuracy_ci95": round(ci, 2)}
@@ -186,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = _report.measure_models(args.model, measure, args)
     timed = [r.pop(TIMED) for r in rows]
-    for column in timed[0]:  # every model in turns, so their ratios share the machine's load
-        fns = {i: t[column][0] for i, t in enumerate(timed)}
-        medians = _report.interleaved_medians(fns, timed[0][column][1], rounds=10)
+    for column, reps in (("latency_ms_b1", args.reps_infer), ("adapt_ms", args.reps_adapt)):
+        # every model in turns, so their ratios share the machine's load
+        fns = {i: t[column] for i, t in enumerate(timed)}
+        medians = _report.interleaved_medians(fns, reps, rounds=TIMING_ROUNDS)
         for i, r in enumerate(rows):
             r[column] = 1000 * medians[i]
     base = rows[0]
@@ -213,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.tasks} fixed test tasks ({args.queries} queries per class, seed {args.seed})",
           f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model;"
           f" adaptation: median of {args.reps_adapt} runtime adaptations on a 5-way 1-shot "
-          "support set; both timed in 10 turns that visit every model (so a change in the "
-          "machine's load lands on all of them and the ratios hold)",
+          f"support set; both timed in {TIMING_ROUNDS} turns that visit every model (so a "
+          "change in the machine's load lands on all of them and the ratios hold)",
           f"- adaptation peak memory: median of {args.mem_reps} fresh processes, "
           f"{args.n_way}-way {args.mem_k_shot}-shot support set, increase of the peak resident "
           "set (VmHWM) over the resident set just before adapting (glibc: buffers > 64 KiB "
