@@ -2,8 +2,9 @@
 
 For every model (a checkpoint; exported to .mpz here): stored bytes (.mpz on disk), parameters
 (total and non-zero), FLOPs per image (dense execution, and counting non-zero weights only),
-batch-1 CPU inference latency of the adapted model (support-statistics BatchNorm, as the
-runtime predicts), adaptation wall time (runtime, stored rule), peak memory during adaptation
+batch-1 CPU inference latency of the adapted model (support-statistics BatchNorm folded into the
+convolutions, as the runtime predicts; and with the BatchNorms kept as layers), adaptation wall
+time (runtime, stored rule), peak memory during adaptation
 (measured in a fresh subprocess: increase of the resident set's high-water mark, VmHWM reset via
 /proc/self/clear_refs, plus tracemalloc's peak of Python allocations), and accuracy (runtime,
 support-statistics BatchNorm) on fixed test tasks.
@@ -113,12 +114,14 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     ci = 196 * statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
     # timings on one task: timed later, in turns with the other models (main)
     t = sampler.task(0)
-    net = dm.adapt(t.support_x, t.support_y).inference_module()
+    adapted = dm.adapt(t.support_x, t.support_y)
     one = t.query_x[:1]
 
-    def infer() -> None:
-        with torch.no_grad():
-            net(one)
+    def infer(net: nn.Module):
+        def run() -> None:
+            with torch.no_grad():
+                net(one)
+        return run
     # peak memory in fresh processes (median of --mem-reps). Buffers above 64 KiB are mmapped
     # and returned on free (glibc tunables), so the resident high-water mark follows the live
     # tensors instead of the allocator's cached free lists.
@@ -138,8 +141,9 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "stored_bytes": rep.compact_bytes, "dense_bytes": rep.dense_bytes,
             "params": n_params, "nonzero_params": n_nonzero,
             "mflops_dense": f_dense / 1e6, "mflops_nonzero": f_nz / 1e6,
-            "latency_ms_b1": None, "adapt_ms": None,
-            TIMED: {"latency_ms_b1": infer,
+            "latency_ms_b1": None, "latency_ms_b1_bn": None, "adapt_ms": None,
+            TIMED: {"latency_ms_b1": infer(adapted.inference_module()),
+                    "latency_ms_b1_bn": infer(adapted.inference_module(fold_bn=False)),
                     "adapt_ms": lambda: dm.adapt(t.support_x, t.support_y)},
             "adapt_peak_rss_kb": mem["rss_peak_delta_kb"],
             "adapt_tracemalloc_peak_kb": round(mem["tracemalloc_peak_kb"], 1),
@@ -187,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = _report.measure_models(args.model, measure, args)
     timed = [r.pop(TIMED) for r in rows]
-    for column, reps in (("latency_ms_b1", args.reps_infer), ("adapt_ms", args.reps_adapt)):
+    for column, reps in (("latency_ms_b1", args.reps_infer),
+                         ("latency_ms_b1_bn", args.reps_infer), ("adapt_ms", args.reps_adapt)):
         # every model in turns, so their ratios share the machine's load
         fns = {i: t[column] for i, t in enumerate(timed)}
         medians = _report.interleaved_medians(fns, reps, rounds=TIMING_ROUNDS)
@@ -196,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[0]
     for r in rows:
         r["latency_vs_first"] = round(r["latency_ms_b1"] / base["latency_ms_b1"], 3)
+        r["latency_bn_vs_first"] = round(r["latency_ms_b1_bn"] / base["latency_ms_b1_bn"], 3)
         r["adapt_mem_vs_first"] = round(r["adapt_peak_rss_kb"] / max(base["adapt_peak_rss_kb"],
                                                                       1), 3)
     out = Path(args.out)
@@ -213,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
           f"- git commit: {git_commit()}", f"- torch threads: {args.threads}",
           f"- accuracy: runtime adaptation (stored rule) and support-statistics BatchNorm on "
           f"{args.tasks} fixed test tasks ({args.queries} queries per class, seed {args.seed})",
-          f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model;"
+          f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model "
+          "(its BatchNorms frozen at the support statistics and folded into the convolutions, "
+          "as the runtime predicts; 'BN as layers': not folded);"
           f" adaptation: median of {args.reps_adapt} runtime adaptations on a 5-way 1-shot "
           f"support set; both timed in {TIMING_ROUNDS} turns that visit every model (so a "
           "change in the machine's load lands on all of them and the ratios hold)",
@@ -222,13 +230,14 @@ def main(argv: list[str] | None = None) -> int:
           "set (VmHWM) over the resident set just before adapting (glibc: buffers > 64 KiB "
           "mmapped and returned on free); tracemalloc = Python-level allocations only", "",
           "| model | stored bytes | params (non-zero) | MFLOPs dense (non-zero w.) "
-          "| latency b=1 ms | adapt ms | adapt peak RSS KiB | tracemalloc KiB "
-          "| accuracy % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| latency b=1 ms | latency b=1 ms, BN as layers | adapt ms | adapt peak RSS KiB "
+          "| tracemalloc KiB | accuracy % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['model']} | {r['stored_bytes']:,} | {r['params']:,} "
                   f"({r['nonzero_params']:,}) | {r['mflops_dense']:.2f} "
                   f"({r['mflops_nonzero']:.2f}) | {r['latency_ms_b1']:.3f} "
-                  f"({r['latency_vs_first']:.2f}x) | {r['adapt_ms']:.1f} | "
+                  f"({r['latency_vs_first']:.2f}x) | {r['latency_ms_b1_bn']:.3f} "
+                  f"({r['latency_bn_vs_first']:.2f}x) | {r['adapt_ms']:.1f} | "
                   f"{r['adapt_peak_rss_kb']:,} ({r['adapt_mem_vs_first']:.2f}x) | "
                   f"{r['adapt_tracemalloc_peak_kb']:.1f} | "
                   f"{r['accuracy']:.2f} +- {r['accuracy_ci95']:.2f} |")

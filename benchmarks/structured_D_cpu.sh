@@ -9,6 +9,8 @@
 #   bash benchmarks/structured_D_cpu.sh dense          # first
 #   nohup bash benchmarks/structured_D_cpu.sh a &      # then a and b, side by side or in turn
 #   nohup bash benchmarks/structured_D_cpu.sh b &
+#   nohup bash benchmarks/structured_D_cpu.sh scratch 0.5 &   # the scratch control at 50 and
+#   nohup bash benchmarks/structured_D_cpu.sh scratch 0.85 &  # 85% (after a), side by side
 #   bash benchmarks/structured_D_cpu.sh collect        # then collect, then device, alone
 #   bash benchmarks/structured_D_cpu.sh device
 # (no argument: all of them, a and b side by side)
@@ -29,6 +31,10 @@ step_a() {  # the scratch control at 70% only (the target point: 1280 iterations
         --methods anp-structured --results-dir "$PARTIAL" --name job_a
     python benchmarks/sparsity_curve.py "${COMMON[@]}" --report-at 0.7 \
         --methods anp-structured,scratch-structured --results-dir "$PARTIAL" --name job_a70
+}
+step_scratch() {  # the scratch control at one more point ($1: 0.5 or 0.85; resumable)
+    python benchmarks/sparsity_curve.py "${COMMON[@]}" --report-at "$1" \
+        --methods anp-structured,scratch-structured --results-dir "$PARTIAL" --name "job_a2_$1"
 }
 step_b() {
     python benchmarks/sparsity_curve.py "${COMMON[@]}" --report-at 0.5,0.7,0.85 \
@@ -65,10 +71,11 @@ step_device() {  # alone on the machine
 }
 case "${1:-all}" in
     dense|a|b|collect|device) "step_$1" ;;
+    scratch) step_scratch "$2" ;;
     all) step_dense
          step_a > "$RUN/job_a.log" 2>&1 & A=$!
          step_b > "$RUN/job_b.log" 2>&1 & B=$!
          wait "$A"; wait "$B"
          step_collect; step_device ;;
-    *) echo "usage: $0 [dense|a|b|collect|device]" >&2; exit 2 ;;
+    *) echo "usage: $0 [dense|a|b|scratch 0.5|scratch 0.85|collect|device]" >&2; exit 2 ;;
 esac

@@ -330,7 +330,8 @@ def test_device_report(curve, tmp_path) -> None:
     assert float(anp["mflops_nonzero"]) < float(anp["mflops_dense"])
     assert int(anp["stored_bytes"]) > 0 and int(anp["dense_bytes"]) == 4 * int(anp["params"])
     assert float(anp["latency_ms_b1"]) > 0 and int(anp["adapt_peak_rss_kb"]) >= 0
-    assert float(anp["latency_vs_first"]) == 1.0
+    assert float(anp["latency_ms_b1_bn"]) > 0
+    assert float(anp["latency_vs_first"]) == float(anp["latency_bn_vs_first"]) == 1.0
     assert finite(anp["accuracy"])
 
 

@@ -24,7 +24,10 @@ the support set with the adapted weights (the statistics the adapted weights wer
 with) and predicts every image independently with them (``bn="support"``, the default).
 ``bn="batch"`` reproduces the library's transductive query-batch evaluation. The frozen module
 (``AdaptedModel.inference_module``) is what the ONNX export writes, so PyTorch and ONNX agree
-and batch-1 inference is well defined.
+and batch-1 inference is well defined. Frozen, each BatchNorm after a convolution is an affine
+map of its channels and is folded into that convolution's weights and bias (``fold_batchnorm``):
+batch-1 latency on a small network is mostly per-layer cost, so prediction runs a layer less per
+convolution (``benchmarks/device_report.py`` times both).
 """
 
 from __future__ import annotations
@@ -161,6 +164,21 @@ def freeze_batchnorm(model: nn.Module, stats: dict[str, tuple[torch.Tensor, torc
     return model
 
 
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with every frozen (eval-mode, running-statistics) BatchNorm that
+    only reads a Conv2d's output folded into that convolution (``w' = w * g / sqrt(var + eps)``,
+    ``b' = (b - mean) * g / sqrt(var + eps) + beta``; a pruned weight stays exactly 0), found by
+    tracing with torch.fx. A module torch.fx cannot trace (data-dependent control flow) is
+    returned as an unfolded copy: the same predictions, only slower."""
+    from torch.fx.experimental.optimization import fuse
+    from torch.fx.proxy import TraceError
+
+    try:
+        return fuse(module, inplace=False)
+    except (TraceError, TypeError):
+        return copy.deepcopy(module)
+
+
 def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     return {n: m for n, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)}
@@ -189,20 +207,25 @@ class AdaptedModel:
         self.base, self.params, self.kind = base, params, kind
         self.class_names, self.bn_stats, self.prototypes = class_names, bn_stats, prototypes
         self.film = film or {}  # CAVIA: the adapted context's (gamma, beta) per block
-        self._module: nn.Module | None = None
+        self._inference: dict[bool, nn.Module] = {}  # inference modules by fold_bn
 
-    def inference_module(self) -> nn.Module:
+    def inference_module(self, fold_bn: bool = True) -> nn.Module:
         """A stand-alone eval-mode module: adapted weights, BatchNorm frozen at the support
-        statistics; maps (B, C, H, W) images to (B, N) logits, each image independently."""
-        if self._module is None:
-            model = copy.deepcopy(self.base)
-            model.load_state_dict(self.params, strict=False)
-            freeze_batchnorm(model, self.bn_stats)
-            insert_film(model, self.film)  # the task's FiLM as a layer, not a hook
-            if self.kind == "prototypes":
-                model = PrototypeClassifier(model, self.prototypes)
-            self._module = model.eval().requires_grad_(False)
-        return self._module
+        statistics; maps (B, C, H, W) images to (B, N) logits, each image independently.
+        ``fold_bn``: each frozen BatchNorm right after a convolution is folded into it
+        (:func:`fold_batchnorm`: the same function, fewer layers to run)."""
+        if fold_bn not in self._inference:
+            if fold_bn:
+                model = fold_batchnorm(self.inference_module(fold_bn=False))
+            else:
+                model = copy.deepcopy(self.base)
+                model.load_state_dict(self.params, strict=False)
+                freeze_batchnorm(model, self.bn_stats)
+                insert_film(model, self.film)  # the task's FiLM as a layer, not a hook
+                if self.kind == "prototypes":
+                    model = PrototypeClassifier(model, self.prototypes)
+            self._inference[fold_bn] = model.eval().requires_grad_(False)
+        return self._inference[fold_bn]
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, bn: str = "support") -> torch.Tensor:
