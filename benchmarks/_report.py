@@ -88,14 +88,17 @@ def add_model_and_episode_options(ap, dataset: str) -> None:
                     help="dataset option, e.g. --option image_size=28 (repeatable)")
 
 
-def measure_models(specs: list[str], measure, args) -> list[dict]:
+def measure_models(specs: list[str], measure, args, tmp: Path | None = None) -> list[dict]:
     """One row per ``--model NAME=CHECKPOINT``: ``measure(name, checkpoint, args, tmp_dir)``,
-    with a shared temporary folder and a line on stderr per model."""
+    with a shared folder (``tmp``, or a temporary one removed at the end) and a line on stderr
+    per model."""
+    import contextlib
     import tempfile
     import time
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(tmp) if tmp is not None
+          else tempfile.TemporaryDirectory()) as tmp:
         for spec in specs:
             name, sep, ckpt = spec.partition("=")
             if not sep:

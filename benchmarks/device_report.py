@@ -3,8 +3,9 @@
 For every model (a checkpoint; exported to .mpz here): stored bytes (.mpz on disk), parameters
 (total and non-zero), FLOPs per image (dense execution, and counting non-zero weights only),
 batch-1 CPU inference latency of the adapted model (support-statistics BatchNorm folded into the
-convolutions, as the runtime predicts; and with the BatchNorms kept as layers), adaptation wall
-time (runtime, stored rule), peak memory during adaptation
+convolutions, as the runtime predicts; and with the BatchNorms kept as layers; and of its ONNX
+export in ONNX Runtime, timed in a process of its own), adaptation wall time (runtime, stored
+rule), peak memory during adaptation
 (measured in a fresh subprocess: increase of the resident set's high-water mark, VmHWM reset via
 /proc/self/clear_refs, plus tracemalloc's peak of Python allocations), and accuracy (runtime,
 support-statistics BatchNorm) on fixed test tasks.
@@ -27,6 +28,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 
@@ -40,6 +42,30 @@ ROOT = Path(__file__).resolve().parent.parent
 # row key of the timings measure() leaves for main() to take in turns: column -> function
 TIMED = "_timed"
 TIMING_ROUNDS = 10  # turns over every model of each timing
+ONNX = "_onnx"  # row key of the model's ONNX export (timed in a process of its own)
+try:
+    import onnxruntime  # noqa: F401
+    HAS_ORT = True
+except ImportError:  # the report goes on without the ONNX Runtime column
+    HAS_ORT = False
+
+
+def ort_latencies(paths: list[str], reps: int, threads: int) -> list[float]:
+    """Runs in a fresh process (so ONNX Runtime's thread pools do not share a process with the
+    PyTorch timings): batch-1 latency of each ONNX model, in turns over all of them."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sessions = [ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in paths]
+    fns = {}
+    for i, sess in enumerate(sessions):
+        shape = [1, *sess.get_inputs()[0].shape[1:]]
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        fns[i] = lambda sess=sess, x=x: sess.run(None, {"images": x})
+    medians = _report.interleaved_medians(fns, reps, rounds=TIMING_ROUNDS)
+    return [medians[i] for i in range(len(paths))]
 
 
 def memprobe(mpz: str, n_way: int, k_shot: int, seed: int) -> dict:
@@ -116,6 +142,11 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     t = sampler.task(0)
     adapted = dm.adapt(t.support_x, t.support_y)
     one = t.query_x[:1]
+    onnx_path = None
+    if HAS_ORT:
+        from metaprune.deploy.onnx_export import export_onnx
+
+        onnx_path = str(export_onnx(adapted, tmp / f"{name}.onnx", t.support_x))
 
     def infer(net: nn.Module):
         def run() -> None:
@@ -141,13 +172,37 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             "stored_bytes": rep.compact_bytes, "dense_bytes": rep.dense_bytes,
             "params": n_params, "nonzero_params": n_nonzero,
             "mflops_dense": f_dense / 1e6, "mflops_nonzero": f_nz / 1e6,
-            "latency_ms_b1": None, "latency_ms_b1_bn": None, "adapt_ms": None,
+            "latency_ms_b1": None, "latency_ms_b1_bn": None, "ort_latency_ms_b1": None,
+            "adapt_ms": None, ONNX: onnx_path,
             TIMED: {"latency_ms_b1": infer(adapted.inference_module()),
                     "latency_ms_b1_bn": infer(adapted.inference_module(fold_bn=False)),
                     "adapt_ms": lambda: dm.adapt(t.support_x, t.support_y)},
             "adapt_peak_rss_kb": mem["rss_peak_delta_kb"],
             "adapt_tracemalloc_peak_kb": round(mem["tracemalloc_peak_kb"], 1),
             "accuracy": round(acc, 2), "accuracy_ci95": round(ci, 2)}
+
+
+def timings(rows: list[dict], args: argparse.Namespace) -> None:
+    """Fill each row's timed columns: the PyTorch ones in turns over every model, then ONNX
+    Runtime in a process of its own."""
+    timed = [r.pop(TIMED) for r in rows]
+    for column, reps in (("latency_ms_b1", args.reps_infer),
+                         ("latency_ms_b1_bn", args.reps_infer), ("adapt_ms", args.reps_adapt)):
+        # every model in turns, so their ratios share the machine's load
+        fns = {i: t[column] for i, t in enumerate(timed)}
+        medians = _report.interleaved_medians(fns, reps, rounds=TIMING_ROUNDS)
+        for i, r in enumerate(rows):
+            r[column] = 1000 * medians[i]
+    onnx_paths = [r.pop(ONNX) for r in rows]
+    if HAS_ORT:  # after the PyTorch timings, in a process of its own
+        out = subprocess.run([sys.executable, __file__, "--ort-latency", *onnx_paths,
+                              "--reps-infer", str(args.reps_infer), "--threads",
+                              str(args.threads)], capture_output=True, text=True, timeout=1800,
+                             env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        if out.returncode:
+            raise RuntimeError(f"ONNX Runtime timing failed: {out.stderr[-2000:]}")
+        for r, sec in zip(rows, json.loads(out.stdout.strip().splitlines()[-1])):
+            r["ort_latency_ms_b1"] = 1000 * sec
 
 
 def machine() -> str:
@@ -178,30 +233,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/device_report"))
     ap.add_argument("--memprobe", help=argparse.SUPPRESS)
+    ap.add_argument("--ort-latency", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from metaprune.config import parse_key_value
 
     args.options = dict(parse_key_value(o, "--option") for o in args.option)
+    if args.ort_latency:
+        print(json.dumps(ort_latencies(args.ort_latency, args.reps_infer, args.threads)))
+        return 0
     if args.memprobe:
         print(json.dumps(memprobe(args.memprobe, args.n_way, args.k_shot, args.seed)))
         return 0
     if not args.model:
         ap.error("give at least one --model NAME=CHECKPOINT")
 
-    rows = _report.measure_models(args.model, measure, args)
-    timed = [r.pop(TIMED) for r in rows]
-    for column, reps in (("latency_ms_b1", args.reps_infer),
-                         ("latency_ms_b1_bn", args.reps_infer), ("adapt_ms", args.reps_adapt)):
-        # every model in turns, so their ratios share the machine's load
-        fns = {i: t[column] for i, t in enumerate(timed)}
-        medians = _report.interleaved_medians(fns, reps, rounds=TIMING_ROUNDS)
-        for i, r in enumerate(rows):
-            r[column] = 1000 * medians[i]
+    with tempfile.TemporaryDirectory() as tmp:  # the .mpz and .onnx files, until timed
+        rows = _report.measure_models(args.model, measure, args, Path(tmp))
+        timings(rows, args)
     base = rows[0]
     for r in rows:
         r["latency_vs_first"] = round(r["latency_ms_b1"] / base["latency_ms_b1"], 3)
         r["latency_bn_vs_first"] = round(r["latency_ms_b1_bn"] / base["latency_ms_b1_bn"], 3)
+        r["ort_latency_vs_first"] = (round(r["ort_latency_ms_b1"] / base["ort_latency_ms_b1"], 3)
+                                     if HAS_ORT else None)
         r["adapt_mem_vs_first"] = round(r["adapt_peak_rss_kb"] / max(base["adapt_peak_rss_kb"],
                                                                       1), 3)
     out = Path(args.out)
@@ -221,7 +276,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.tasks} fixed test tasks ({args.queries} queries per class, seed {args.seed})",
           f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model "
           "(its BatchNorms frozen at the support statistics and folded into the convolutions, "
-          "as the runtime predicts; 'BN as layers': not folded);"
+          "as the runtime predicts; 'BN as layers': not folded; 'ONNX Runtime': the model's ONNX "
+          "export (metaprune export-onnx) in onnxruntime "
+          f"{onnxruntime.__version__ if HAS_ORT else '(not installed)'}, "
+          f"{args.threads} intra-op thread(s), in a process of its own after the PyTorch "
+          "timings);"
           f" adaptation: median of {args.reps_adapt} runtime adaptations on a 5-way 1-shot "
           f"support set; both timed in {TIMING_ROUNDS} turns that visit every model (so a "
           "change in the machine's load lands on all of them and the ratios hold)",
@@ -230,14 +289,17 @@ def main(argv: list[str] | None = None) -> int:
           "set (VmHWM) over the resident set just before adapting (glibc: buffers > 64 KiB "
           "mmapped and returned on free); tracemalloc = Python-level allocations only", "",
           "| model | stored bytes | params (non-zero) | MFLOPs dense (non-zero w.) "
-          "| latency b=1 ms | latency b=1 ms, BN as layers | adapt ms | adapt peak RSS KiB "
-          "| tracemalloc KiB | accuracy % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| latency b=1 ms | latency b=1 ms, BN as layers | ONNX Runtime b=1 ms | adapt ms "
+          "| adapt peak RSS KiB | tracemalloc KiB | accuracy % |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['model']} | {r['stored_bytes']:,} | {r['params']:,} "
                   f"({r['nonzero_params']:,}) | {r['mflops_dense']:.2f} "
                   f"({r['mflops_nonzero']:.2f}) | {r['latency_ms_b1']:.3f} "
                   f"({r['latency_vs_first']:.2f}x) | {r['latency_ms_b1_bn']:.3f} "
-                  f"({r['latency_bn_vs_first']:.2f}x) | {r['adapt_ms']:.1f} | "
+                  f"({r['latency_bn_vs_first']:.2f}x) | "
+                  + (f"{r['ort_latency_ms_b1']:.3f} ({r['ort_latency_vs_first']:.2f}x)"
+                     if HAS_ORT else "n/a") + f" | {r['adapt_ms']:.1f} | "
                   f"{r['adapt_peak_rss_kb']:,} ({r['adapt_mem_vs_first']:.2f}x) | "
                   f"{r['adapt_tracemalloc_peak_kb']:.1f} | "
                   f"{r['accuracy']:.2f} +- {r['accuracy_ci95']:.2f} |")

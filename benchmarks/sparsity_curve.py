@@ -124,6 +124,9 @@ def main() -> None:
                     help="structured methods: channel widths within this fraction of the dense "
                     "model's activations (metaprune prune --memory-budget); their models and the "
                     "scratch control are cached in folders named with it")
+    ap.add_argument("--round-to", type=int, default=None, metavar="N",
+                    help="structured methods: channel widths in multiples of N (metaprune "
+                    "prune --round-to); cached in folders named with it")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args()
     setting = SETTINGS[args.setting]
@@ -159,8 +162,8 @@ def main() -> None:
     done = last_iteration(dense_ck) or 0
     learner = (load_checkpoint(dense_ck, device=args.device).learner if done
                else make_learner(cfg, train_data, args.device))
-    if args.memory_budget is not None:  # refused before any training, not after
-        _check_memory_budget(args, learner.model, methods, report_at, sampler)
+    if args.memory_budget is not None or args.round_to is not None:  # refused before training
+        _check_widths(args, learner.model, methods, report_at, sampler)
     t0 = time.perf_counter()
     if not args.dense_from:  # an adopted checkpoint is used as it is
         meta_train(learner, sampler, iterations, cfg["train"]["meta_batch"],
@@ -272,10 +275,11 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
                 retrain_iters=iters, meta_batch=cfg["train"]["meta_batch"],
                 tasks=args.score_tasks,
                 device=args.device, progress=not args.no_progress,
-                channel_criterion=STRUCTURED_METHODS[method], memory=args.memory_budget)
+                channel_criterion=STRUCTURED_METHODS[method], memory=args.memory_budget,
+                round_to=args.round_to)
             save_checkpoint(path, lrn, {"config": cfg, "data": cfg["data"], "structured": {
                 "method": method, "target": target, "rounds": rounds, "retrain_iters": iters,
-                "memory_budget": args.memory_budget,
+                "memory_budget": args.memory_budget, "round_to": args.round_to,
                 "widths": [p.widths for p in plans], "seconds": time.perf_counter() - t0}},
                 with_optimizer=False)
         ck = load_checkpoint(path, device=args.device, with_optimizer=False)
@@ -288,29 +292,31 @@ def _structured(args, cfg, run: Path, dense_ck: Path, sampler, schedule, retrain
     return rows
 
 
-def _check_memory_budget(args: argparse.Namespace, model, methods: list[str],
-                         report_at: list[float], sampler) -> None:
-    """--memory-budget needs a structured method and must be reachable at every target (the
-    widths do not depend on the weights)."""
+def _check_widths(args: argparse.Namespace, model, methods: list[str],
+                  report_at: list[float], sampler) -> None:
+    """--memory-budget and --round-to need a structured method and must be reachable at every
+    target (the widths do not depend on the weights)."""
     from metaprune.pruning.cli import structured_keep
     from metaprune.pruning.structured import allocate_widths, example_input
 
     if not any(m in STRUCTURED_METHODS for m in methods):
-        raise SystemExit(f"--memory-budget applies to the structured methods "
+        raise SystemExit(f"--memory-budget and --round-to apply to the structured methods "
                          f"({', '.join(STRUCTURED_METHODS)}); --methods has none")
     example = example_input(model, sampler.batch(10_000_000, 1))
     for target in report_at:
         try:
-            allocate_widths(model, example, structured_keep(target), args.memory_budget)
+            allocate_widths(model, example, structured_keep(target), args.memory_budget,
+                            args.round_to)
         except ValueError as e:
             raise SystemExit(f"sparsity {target:g}: {e}") from None
 
 
 def method_dir(run: Path, method: str, args: argparse.Namespace) -> Path:
     """Where a structured method's (or the scratch control's) models are cached: a memory
-    budget gets folders of its own."""
-    budget = getattr(args, "memory_budget", None)
-    return run / (method if budget is None else f"{method}-mem{budget:g}")
+    budget and a rounding get folders of their own."""
+    budget, multiple = getattr(args, "memory_budget", None), getattr(args, "round_to", None)
+    return run / (method + ("" if budget is None else f"-mem{budget:g}")
+                  + ("" if multiple is None else f"-r{multiple}"))
 
 
 def _prunable(model) -> int:
@@ -386,7 +392,8 @@ def _write(args, setting, cfg, rows, iterations, retrain, schedule) -> None:
                   "iterations recorded in it; see the note)" if args.dense_from
                   else f"{iterations} iterations x {args.dense_meta_batch} tasks")
     memory_note = ("" if args.memory_budget is None else
-                   f"; structured widths under --memory-budget {args.memory_budget:g}")
+                   f"; structured widths under --memory-budget {args.memory_budget:g}") + (
+        "" if args.round_to is None else f"; structured widths in multiples of {args.round_to}")
     notes = (f"Setting {args.setting}: {setting['title']}. Data: {d['dataset']} "
              f"({d['train_split']} -> {d['test_split']}, options {d['options']}) read from "
              f"$METAPRUNE_DATA (shared/data; mini-ImageNet is the REDUCED 100-images-per-class "

@@ -28,7 +28,7 @@ STRUCTURED_IGNORES = {"schedule": "default", "h_data": None, "compensation": "au
                       "obs_weights": "meta", "bn_aware": False, "allocation": "layerwise",
                       "layer_ratio": [], "criterion_option": [], "seed": 0}
 # ... and the structured methods' options that the unstructured ones do not use
-UNSTRUCTURED_IGNORES = {"keep": None, "rounds": 2, "memory_budget": None}
+UNSTRUCTURED_IGNORES = {"keep": None, "rounds": 2, "memory_budget": None, "round_to": None}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -110,6 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "no more Conv2d/Linear weights than the uniform widths (a tight budget "
                    "removes weights too): the early, high-resolution channels go first "
                    "(default: the same keep fraction in every group)")
+    p.add_argument("--round-to", type=POSITIVE, default=None, metavar="N",
+                   help="anp-structured: every channel width a multiple of N (e.g. 8), within "
+                   "the uniform widths' weights (and --memory-budget); runtimes such as ONNX "
+                   "Runtime pick faster kernels for such widths (docs/deploy.md)")
     p.add_argument("--exclude-first", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the first layer dense (default: the preset's; "
                    "--no-exclude-first prunes it)")
@@ -407,8 +411,9 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
              if getattr(args, d) != default]
     if given:
         raise ValueError(f"--method {args.method} does not use {', '.join(given)} (it takes "
-                         "--keep/--sparsity, --rounds, --memory-budget, --retrain-iters, "
-                         "--meta-batch, --tasks, --damping, --patch-stride, --checkpoint-every)")
+                         "--keep/--sparsity, --rounds, --memory-budget, --round-to, "
+                         "--retrain-iters, --meta-batch, --tasks, --damping, --patch-stride, "
+                         "--checkpoint-every)")
     if ck.learner.extra_state():
         raise ValueError(f"--method {args.method} does not support learner "
                          f"'{ck.learner.name}' (it has per-weight state: "
@@ -427,11 +432,13 @@ def _prune_structured(args: argparse.Namespace, ck, sampler, meta_batch: int,
         log=lambda m: print(m, file=sys.stderr, flush=True) if is_main() else None,
         channel_criterion=STRUCTURED_METHODS[args.method], patch_stride=args.patch_stride,
         out_dir=args.out, checkpoint_every=args.checkpoint_every, meta=meta,
-        memory=args.memory_budget)
+        memory=args.memory_budget, round_to=args.round_to)
     out = Path(args.out) / f"round{args.rounds:02d}"
     n = sum(p.numel() for p in learner.model.parameters())
     how = (f"keep {keep:.3f}" if args.memory_budget is None else
            f"keep {keep:.3f}'s weights within a memory budget of {args.memory_budget:g}")
+    if args.round_to is not None:
+        how += f", widths in multiples of {args.round_to}"
     print(f"{args.method}: channels {widths0} -> {plans[-1].widths} ({how}), "
           f"{n:,} parameters, {args.rounds} round(s), final checkpoint {out}")
     return 0

@@ -25,7 +25,9 @@ the masked full-width model's (checked on every round, tested).
 
 How many channels each group keeps: the same fraction in every group, or, under a memory budget
 (``--memory-budget``), the widths :func:`allocate_widths` picks so that adaptation's activations
-fit the budget at no more weights (:class:`WidthCosts` counts both exactly from the widths).
+fit the budget at no more weights (:class:`WidthCosts` counts both exactly from the widths);
+``--round-to N`` then makes every width a multiple of N at no more weights or activations
+(:func:`round_widths`), for runtimes whose kernels prefer such channel counts.
 
 Baselines with the same rounds, physical removal and re-meta-training (``channel_criterion``):
 ``l1`` removes the channels whose producer filters have the smallest L1 norm (summed over the
@@ -574,7 +576,7 @@ class WidthCosts:
 
 
 def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
-                    memory: float | None = None) -> list[int]:
+                    memory: float | None = None, round_to: int | None = None) -> list[int]:
     """Final width of every channel group: ``round(keep * width)`` in each (uniform); with
     ``memory`` (a fraction of the full model's activation bytes, what adaptation keeps for its
     backward pass), the widths change as little as it takes to meet it: one channel at a time
@@ -583,18 +585,31 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
     half its uniform width;
     then channels come back one at a time to the groups that cost the fewest activation bytes
     per weight regained (late, low-resolution ones) while both the uniform widths' Conv2d/Linear
-    weight count and the memory budget hold. ``ValueError`` when the floors exceed the
-    budget."""
+    weight count and the memory budget hold. ``round_to``: then every width becomes a multiple
+    of it (:func:`round_widths`) at no more weights and activations. ``ValueError`` when the
+    floors exceed the budget."""
     full = [g.width for g in channel_groups(model, example)]
     widths = schedule(full, keep, 1)[0]
-    if memory is None:
+    if memory is None and round_to is None:
         return widths
-    if not 0 < memory <= 1:
+    if memory is not None and not 0 < memory <= 1:
         raise ValueError(f"--memory-budget must be a fraction in (0, 1], got {memory}")
     cost = WidthCosts.measure(model, example)
-    budget, target = cost.weights(widths), memory * cost.activation_full
+    budget = cost.weights(widths)
+    if memory is not None:
+        widths = _fit_memory(cost, widths, budget, memory * cost.activation_full,
+                             f"--memory-budget {memory:g} (of the "
+                             f"full model's activations) is out of reach at keep {keep:.3f}")
+    return widths if round_to is None else round_widths(cost, widths, round_to, budget)
+
+
+def _fit_memory(cost: WidthCosts, widths: list[int], budget: int, target: float,
+                what: str) -> list[int]:
+    """:func:`allocate_widths`'s memory allocation (``what``: the error's start)."""
+    widths, full = list(widths), cost.full
     floors = [max(1, (w + 1) // 2) for w in widths]
     held = cost.activation_per_channel
+
     def freed(g: int, step: int) -> int:  # weights one channel more (+1) / less (-1) of g moves
         moved = list(widths)
         moved[g] += step
@@ -604,9 +619,8 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
         live = [g for g in range(len(widths)) if widths[g] > floors[g]]
         if not live:
             reach = cost.activations(floors) / cost.activation_full
-            raise ValueError(f"--memory-budget {memory:g} (of the full model's activations) is "
-                             f"out of reach at keep {keep:.3f}: half the uniform widths still "
-                             f"hold {reach:.3f} (prune more, or allow more memory)")
+            raise ValueError(f"{what}: half the uniform widths still hold {reach:.3f} (prune "
+                             "more, or allow more memory)")
         widths[max(live, key=lambda g: held[g] * widths[g] / max(freed(g, -1), 1))] -= 1
     while True:
         fits = []
@@ -622,21 +636,73 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
         widths[min(fits, key=lambda g: held[g] / max(freed(g, 1), 1))] += 1
 
 
+def rounding_choices(width: int, full: int, multiple: int) -> list[int]:
+    """The widths ``width`` may be rounded to: the nearest allowed value below it and above it
+    (allowed: the multiples of ``multiple`` up to ``full``, and ``full``); one if it is
+    allowed."""
+    allowed = sorted({*range(multiple, full + 1, multiple), full})
+    below = [v for v in allowed if v <= width] or allowed[:1]
+    above = [v for v in allowed if v >= width] or allowed[-1:]
+    return sorted({below[-1], above[0]})
+
+
+def round_widths(cost: WidthCosts, widths: Sequence[int], multiple: int, budget: int
+                 ) -> list[int]:
+    """``widths`` rounded to multiples of ``multiple`` (a group's full width is allowed too),
+    each down or up to the nearest allowed value (:func:`rounding_choices`), with no more
+    Conv2d/Linear weights than ``budget`` and no more activation bytes than ``widths`` have
+    (rounding adds neither weights nor adaptation memory): each width goes to the nearer choice
+    (a tie: down), the group furthest above its given width goes down while a limit is
+    exceeded, then the group that overshoots its given width least goes up while both hold.
+    Runtimes pick faster kernels for channel counts in multiples of 4 or 8 (ONNX Runtime:
+    docs/deploy.md). ``ValueError`` when the lower choices exceed a limit (a group narrower
+    than ``multiple`` must grow to it)."""
+    if multiple < 1:
+        raise ValueError(f"--round-to must be a positive number of channels, got {multiple}")
+    choices = [rounding_choices(w, f, multiple) for w, f in zip(widths, cost.full)]
+    out = [min(c, key=lambda v, w=w: (abs(v - w), v)) for c, w in zip(choices, widths)]
+
+    memory = cost.activations(widths)
+
+    def fits(ws: list[int]) -> bool:
+        return cost.weights(ws) <= budget and cost.activations(ws) <= memory
+
+    def moved(g: int, v: int) -> list[int]:
+        return [v if i == g else w for i, w in enumerate(out)]
+
+    while not fits(out):
+        live = [g for g in range(len(out)) if out[g] > choices[g][0]]
+        if not live:
+            raise ValueError(f"--round-to {multiple}: the widths rounded down ({out}) still "
+                             f"hold more weights or activations than the widths {list(widths)} "
+                             "(round to a smaller multiple)")
+        g = max(live, key=lambda g: out[g] / widths[g])
+        out = moved(g, choices[g][0])
+    while True:
+        grow = [g for g in range(len(out)) if out[g] < choices[g][-1]
+                and fits(moved(g, choices[g][-1]))]
+        if not grow:
+            return out
+        g = min(grow, key=lambda g: choices[g][-1] / widths[g])
+        out = moved(g, choices[g][-1])
+
+
 def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2,
                    retrain_iters: int = 100, meta_batch: int = 4, tasks: int = 20,
                    damping: float = 1e-4, device: str | torch.device = "cpu",
                    progress: bool = False, log=print, channel_criterion: str = "anp",
                    patch_stride: int = DEFAULT_PATCH_STRIDE,
                    out_dir: str | Path | None = None, checkpoint_every: int = 50,
-                   meta: dict | None = None, memory: float | None = None
-                   ) -> tuple[Learner, list[ChannelPlan]]:
+                   meta: dict | None = None, memory: float | None = None,
+                   round_to: int | None = None) -> tuple[Learner, list[ChannelPlan]]:
     """Rounds of (channel step with ``channel_criterion``, physical removal,
     re-meta-training); returns the final slim learner and the plans. With ``out_dir`` every
     round is saved (``roundNN``, ``state.json``) and the re-training checkpoints to ``work``
     every ``checkpoint_every`` iterations: called again with the same arguments (and the same
     dense learner), a killed run resumes; other arguments or another learner are refused.
     ``memory``: a budget for the activations as a fraction of the full model's
-    (:func:`allocate_widths`); None: the same keep fraction in every group."""
+    (:func:`allocate_widths`); None: the same keep fraction in every group. ``round_to``: final
+    widths in multiples of it (:func:`round_widths`)."""
     from ..checkpoint import load_checkpoint, paths, read_meta, save_checkpoint
     from ..distributed import barrier, is_main
     from ..io import atomic_write_text
@@ -645,14 +711,14 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
     config = {"keep": keep, "rounds": rounds, "retrain_iters": retrain_iters,
               "meta_batch": meta_batch, "tasks": tasks, "damping": damping,
               "channel_criterion": channel_criterion, "patch_stride": patch_stride,
-              "memory": memory}
+              "memory": memory, "round_to": round_to}
     out = Path(out_dir) if out_dir is not None else None
     source = learner.digest() if out is not None else None
     plans: list[ChannelPlan] = []
     if out is not None and (out / "state.json").exists():
         state = json.loads((out / "state.json").read_text())
         # runs saved before an option existed resume at its default
-        if {"memory": None, **state.get("config", {})} != config or state.get(
+        if {"memory": None, "round_to": None, **state.get("config", {})} != config or state.get(
                 "source_digest") != source:
             raise ValueError(f"'{out}' holds a structured pruning run with other settings or "
                              f"of another model ({state.get('config')}); use another --out")
@@ -666,9 +732,9 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
         final = state.get("final_widths") or schedule(start_widths, keep, 1)[0]
     else:
         start_widths = group_widths(learner.model, example)
-        final = (schedule(start_widths, keep, 1)[0] if memory is None
-                 else allocate_widths(learner.model, example, keep, memory))
-    # one keep fraction (uniform) or one per group (a memory budget's allocation)
+        final = (schedule(start_widths, keep, 1)[0] if memory is None and round_to is None
+                 else allocate_widths(learner.model, example, keep, memory, round_to))
+    # one keep fraction (uniform) or one per group (a memory budget's or rounding's allocation)
     uniform = final == schedule(start_widths, keep, 1)[0]
     targets = schedule(start_widths, keep if uniform else [
         f / w for f, w in zip(final, start_widths)], rounds)
