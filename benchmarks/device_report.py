@@ -63,7 +63,8 @@ def ort_latencies(paths: list[str], reps: int, threads: int) -> list[float]:
     for i, sess in enumerate(sessions):
         shape = [1, *sess.get_inputs()[0].shape[1:]]
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        fns[i] = lambda sess=sess, x=x: sess.run(None, {"images": x})
+        feed = {sess.get_inputs()[0].name: x}
+        fns[i] = lambda sess=sess, feed=feed: sess.run(None, feed)
     medians = _report.interleaved_medians(fns, reps, rounds=TIMING_ROUNDS)
     return [medians[i] for i in range(len(paths))]
 
@@ -153,9 +154,10 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
             with torch.no_grad():
                 net(one)
         return run
-    # peak memory in fresh processes (median of --mem-reps). Buffers above 64 KiB are mmapped
-    # and returned on free (glibc tunables), so the resident high-water mark follows the live
-    # tensors instead of the allocator's cached free lists.
+    # peak memory in fresh processes (adapting, then building the folded prediction module;
+    # median of --mem-reps). Buffers above 64 KiB are mmapped and returned on free (glibc
+    # tunables), so the resident high-water mark follows the live tensors instead of the
+    # allocator's cached free lists.
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MALLOC_MMAP_THRESHOLD_": "65536",
            "MALLOC_TRIM_THRESHOLD_": "0"}
     probes = []
@@ -277,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
           f"- latency: median of {args.reps_infer} batch-1 forward passes of the adapted model "
           "(its BatchNorms frozen at the support statistics and folded into the convolutions, "
           "as the runtime predicts; 'BN as layers': not folded; 'ONNX Runtime': the model's ONNX "
-          "export (metaprune export-onnx) in onnxruntime "
+          "export (metaprune export-onnx; its graph also computes the probabilities) in "
+          "onnxruntime "
           f"{onnxruntime.__version__ if HAS_ORT else '(not installed)'}, "
           f"{args.threads} intra-op thread(s), in a process of its own after the PyTorch "
           "timings);"
@@ -286,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
           "change in the machine's load lands on all of them and the ratios hold)",
           f"- adaptation peak memory: median of {args.mem_reps} fresh processes, "
           f"{args.n_way}-way {args.mem_k_shot}-shot support set, increase of the peak resident "
-          "set (VmHWM) over the resident set just before adapting (glibc: buffers > 64 KiB "
-          "mmapped and returned on free); tracemalloc = Python-level allocations only", "",
+          "set (VmHWM) over the resident set just before adapting, through adapting and "
+          "building the prediction module (BatchNorm folded: a torch.fx trace; glibc: buffers "
+          "> 64 KiB mmapped and returned on free); tracemalloc = Python-level allocations only",
+          "",
           "| model | stored bytes | params (non-zero) | MFLOPs dense (non-zero w.) "
           "| latency b=1 ms | latency b=1 ms, BN as layers | ONNX Runtime b=1 ms | adapt ms "
           "| adapt peak RSS KiB | tracemalloc KiB | accuracy % |",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _report import RESULTS, accuracy_columns, cached_evaluation, write_results
 
-from metaprune.argtypes import real
+from metaprune.argtypes import POSITIVE, real
 from metaprune.checkpoint import load_checkpoint, paths, read_meta
 from metaprune.config import load_config, parse_key_value
 from metaprune.evaluation import EvalResult, evaluate, paired_difference
@@ -124,7 +124,7 @@ def main() -> None:
                     help="structured methods: channel widths within this fraction of the dense "
                     "model's activations (metaprune prune --memory-budget); their models and the "
                     "scratch control are cached in folders named with it")
-    ap.add_argument("--round-to", type=int, default=None, metavar="N",
+    ap.add_argument("--round-to", type=POSITIVE, default=None, metavar="N",
                     help="structured methods: channel widths in multiples of N (metaprune "
                     "prune --round-to); cached in folders named with it")
     ap.add_argument("--no-progress", action="store_true")

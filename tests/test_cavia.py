@@ -283,7 +283,7 @@ def test_device_inference_module_carries_the_adapted_film_as_a_layer(sampler, tm
     adapted = dm.adapt(task.support_x, task.support_y)
     (gamma, _beta), = adapted.film.values()
     assert float(gamma.detach().min()) < 0 < float(gamma.detach().max())
-    module = adapted.inference_module(fold_bn=False)  # the logits below: BatchNorm folded
+    module = adapted.inference_module()  # BatchNorm folded; FiLM stays a layer
     assert sum(isinstance(m, FixedFiLM) for m in module.modules()) == 1
     assert not any(m._forward_hooks for m in module.modules())
     ref = copy.deepcopy(dm.model)

@@ -1,6 +1,7 @@
 """The device runtime's prediction module folds each frozen BatchNorm into the convolution
 before it: no BatchNorm left, the same logits as the unfolded module, pruned weights still
-exactly 0; a model torch.fx cannot trace keeps its BatchNorms and its outputs."""
+exactly 0, layers such as MaxPool2 kept whole; a model torch.fx cannot trace, or one with
+forward hooks, keeps its BatchNorms and its outputs, with a warning."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from metaprune.deploy.format import mpz_from_learner, save_mpz
 from metaprune.deploy.runtime import DeviceModel, fold_batchnorm
+from metaprune.models.layers import MaxPool2
 
 CASES = [("maml", "conv4", {}, (1, 28, 28)), ("protonet", "conv4", {}, (1, 28, 28)),
          ("fomaml", "resnet12", {"widths": [8, 8, 16, 16], "in_channels": 3,
@@ -32,42 +34,62 @@ def test_folded_module_equals_unfolded_and_keeps_zeros(tmp_path, name, arch, kw,
     n_conv = sum(isinstance(m, nn.Conv2d) for m in plain.modules())
     assert batchnorms(plain) == n_conv > 0  # every conv of both backbones feeds a BatchNorm
     assert batchnorms(folded) == 0
+    # layers without children stay one call each (MaxPool2's CPU fast path stays in use)
+    assert sum(isinstance(m, MaxPool2) for m in folded.modules()) == sum(
+        isinstance(m, MaxPool2) for m in plain.modules()) > 0
     with torch.no_grad():
         ref, got = plain(qx), folded(qx)
     assert (got - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
     assert torch.equal(adapted.logits(qx), got)  # prediction runs the folded module
     # folding scales each filter: a pruned weight stays exactly 0
     weights = {n: p for n, p in folded.named_parameters() if p.dim() == 4}
+    checked = 0
     for n, keep in learner.masks.items():
         match = [w for k, w in weights.items() if k.endswith(n)]
         if match:
             (w,) = match
             assert int((w[keep == 0] != 0).sum()) == 0, n
             assert int((w[keep != 0] != 0).sum()) > 0, n
+            checked += 1
+    assert checked == n_conv  # every conv's weight found and checked
     assert adapted.inference_module() is folded  # built once
 
 
 class Branchy(nn.Module):
-    """conv -> BatchNorm with a data-dependent branch: torch.fx cannot trace it."""
+    """conv -> BatchNorm, then code torch.fx cannot trace: a data-dependent branch (TraceError)
+    or ``len`` of a traced value (RuntimeError)."""
 
-    def __init__(self):
+    def __init__(self, how: str):
         super().__init__()
-        self.conv, self.bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
+        self.conv, self.bn, self.how = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), how
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn(self.conv(x))
-        return y if bool(y.sum() > 0) else -y
+        if self.how == "branch":
+            return y if bool(y.sum() > 0) else -y
+        if self.how == "len":
+            return y * len(y)
+        return y
 
 
-def test_untraceable_module_is_copied_unfolded() -> None:
+@pytest.mark.parametrize("how", ["branch", "len", "hook"])
+def test_unfoldable_module_is_returned_unfolded_with_a_warning(how: str) -> None:
     torch.manual_seed(0)
-    net = Branchy()
+    net = Branchy(how)
     with torch.no_grad():
         net.bn.running_mean.uniform_(-1, 1)
         net.bn.running_var.uniform_(0.5, 2)
+    if how == "hook":  # tracing would drop the hook: not folded
+        net.conv.register_forward_hook(lambda _m, _i, out: out * 2)
     net.eval()
-    out = fold_batchnorm(net)
     x = torch.rand(2, 1, 8, 8)
-    assert out is not net and batchnorms(out) == 1
     with torch.no_grad():
-        assert torch.equal(out(x), net(x))
+        before = net(x)
+    with pytest.warns(UserWarning, match="BatchNorm left unfolded in Branchy"):
+        out = fold_batchnorm(net)
+    assert out is net and batchnorms(out) == 1
+    with torch.no_grad():
+        assert torch.equal(out(x), before)
+    # the same module without the obstacle folds
+    clean = Branchy("none").eval()
+    assert batchnorms(fold_batchnorm(clean)) == 0

@@ -81,7 +81,7 @@ class ExecuTorchAdapted(AdaptedModel):
         super().__init__(None, params, program.rule["kind"], class_names, {})
         self.program, self.adapted, self.support = program, adapted, support
 
-    def inference_module(self) -> torch.nn.Module:
+    def inference_module(self, fold_bn: bool = True) -> torch.nn.Module:
         raise NotImplementedError("an ExecuTorch-adapted model predicts through its program")
 
     @torch.no_grad()

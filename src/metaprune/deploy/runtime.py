@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 from torch.func import functional_call
 
 from ..finite import NonFiniteError, non_finite
@@ -164,19 +165,34 @@ def freeze_batchnorm(model: nn.Module, stats: dict[str, tuple[torch.Tensor, torc
     return model
 
 
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with every frozen (eval-mode, running-statistics) BatchNorm that
-    only reads a Conv2d's output folded into that convolution (``w' = w * g / sqrt(var + eps)``,
-    ``b' = (b - mean) * g / sqrt(var + eps) + beta``; a pruned weight stays exactly 0), found by
-    tracing with torch.fx. A module torch.fx cannot trace (data-dependent control flow) is
-    returned as an unfolded copy: the same predictions, only slower."""
-    from torch.fx.experimental.optimization import fuse
-    from torch.fx.proxy import TraceError
+class _LayerTracer(fx.Tracer):
+    """torch.fx tracer that keeps every module without children as one call (a layer's own
+    forward, e.g. MaxPool2's CPU fast path, runs as written)."""
 
-    try:
-        return fuse(module, inplace=False)
-    except (TraceError, TypeError):
-        return copy.deepcopy(module)
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return not list(m.children()) or super().is_leaf_module(m, qualname)
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of eval-mode ``module`` with every frozen (running-statistics) BatchNorm that only
+    reads a Conv2d's (or a Linear's) output folded into that layer (``w' = w * g / sqrt(var +
+    eps)``, ``b' = (b - mean) * g / sqrt(var + eps) + beta``; a pruned weight stays exactly 0),
+    found by tracing with torch.fx. ``module`` itself, with a warning, when it has forward hooks
+    (tracing would drop them) or torch.fx cannot trace it (data-dependent control flow): the
+    same predictions, only slower."""
+    from torch.fx.experimental.optimization import fuse
+
+    why = None
+    if any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()):
+        why = "it has forward hooks"
+    else:
+        try:
+            graph = fx.GraphModule(module, _LayerTracer().trace(module))
+            return fuse(graph, inplace=False, no_trace=True)
+        except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError) as e:
+            why = f"torch.fx cannot trace it ({type(e).__name__}: {e})"
+    warnings.warn(f"BatchNorm left unfolded in {type(module).__name__}: {why}", stacklevel=2)
+    return module
 
 
 def _batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -215,16 +231,14 @@ class AdaptedModel:
         ``fold_bn``: each frozen BatchNorm right after a convolution is folded into it
         (:func:`fold_batchnorm`: the same function, fewer layers to run)."""
         if fold_bn not in self._inference:
-            if fold_bn:
-                model = fold_batchnorm(self.inference_module(fold_bn=False))
-            else:
-                model = copy.deepcopy(self.base)
-                model.load_state_dict(self.params, strict=False)
-                freeze_batchnorm(model, self.bn_stats)
-                insert_film(model, self.film)  # the task's FiLM as a layer, not a hook
-                if self.kind == "prototypes":
-                    model = PrototypeClassifier(model, self.prototypes)
-            self._inference[fold_bn] = model.eval().requires_grad_(False)
+            model = copy.deepcopy(self.base)
+            model.load_state_dict(self.params, strict=False)
+            freeze_batchnorm(model, self.bn_stats)
+            insert_film(model, self.film)  # the task's FiLM as a layer, not a hook
+            if self.kind == "prototypes":
+                model = PrototypeClassifier(model, self.prototypes)
+            model.eval().requires_grad_(False)
+            self._inference[fold_bn] = fold_batchnorm(model) if fold_bn else model
         return self._inference[fold_bn]
 
     @torch.no_grad()

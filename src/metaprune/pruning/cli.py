@@ -111,9 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "removes weights too): the early, high-resolution channels go first "
                    "(default: the same keep fraction in every group)")
     p.add_argument("--round-to", type=POSITIVE, default=None, metavar="N",
-                   help="anp-structured: every channel width a multiple of N (e.g. 8), within "
-                   "the uniform widths' weights (and --memory-budget); runtimes such as ONNX "
-                   "Runtime pick faster kernels for such widths (docs/deploy.md)")
+                   help="anp-structured: every channel width a multiple of N (e.g. 8; or the "
+                   "group's full width), each rounded down or up, at no more weights and "
+                   "activations than the widths before rounding (uniform, or --memory-budget's);"
+                   " runtimes such as ONNX Runtime pick faster kernels for such widths "
+                   "(docs/deploy.md)")
     p.add_argument("--exclude-first", action=argparse.BooleanOptionalAction, default=None,
                    help="keep the first layer dense (default: the preset's; "
                    "--no-exclude-first prunes it)")

@@ -586,8 +586,8 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
     then channels come back one at a time to the groups that cost the fewest activation bytes
     per weight regained (late, low-resolution ones) while both the uniform widths' Conv2d/Linear
     weight count and the memory budget hold. ``round_to``: then every width becomes a multiple
-    of it (:func:`round_widths`) at no more weights and activations. ``ValueError`` when the
-    floors exceed the budget."""
+    of it or its group's full width (:func:`round_widths`) at no more weights and activations.
+    ``ValueError`` when the floors exceed the memory budget or no rounding fits."""
     full = [g.width for g in channel_groups(model, example)]
     widths = schedule(full, keep, 1)[0]
     if memory is None and round_to is None:
@@ -673,9 +673,10 @@ def round_widths(cost: WidthCosts, widths: Sequence[int], multiple: int, budget:
     while not fits(out):
         live = [g for g in range(len(out)) if out[g] > choices[g][0]]
         if not live:
-            raise ValueError(f"--round-to {multiple}: the widths rounded down ({out}) still "
-                             f"hold more weights or activations than the widths {list(widths)} "
-                             "(round to a smaller multiple)")
+            raise ValueError(f"--round-to {multiple}: the lower roundings ({out}) still hold "
+                             f"more weights or activations than the widths {list(widths)} (a "
+                             "group narrower than the multiple grows to it; round to a smaller "
+                             "multiple)")
         g = max(live, key=lambda g: out[g] / widths[g])
         out = moved(g, choices[g][0])
     while True:
@@ -732,8 +733,7 @@ def structured_anp(learner: Learner, sampler, keep: float = 0.5, rounds: int = 2
         final = state.get("final_widths") or schedule(start_widths, keep, 1)[0]
     else:
         start_widths = group_widths(learner.model, example)
-        final = (schedule(start_widths, keep, 1)[0] if memory is None and round_to is None
-                 else allocate_widths(learner.model, example, keep, memory, round_to))
+        final = allocate_widths(learner.model, example, keep, memory, round_to)
     # one keep fraction (uniform) or one per group (a memory budget's or rounding's allocation)
     uniform = final == schedule(start_widths, keep, 1)[0]
     targets = schedule(start_widths, keep if uniform else [
