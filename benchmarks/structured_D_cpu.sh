@@ -2,7 +2,7 @@
 # Structured ANP on ResNet-12 (setting D) at the CPU budget of sparsity_D.md (dense 1000
 # iterations x 8 tasks, 40 re-training iterations x 8 tasks per unstructured-equivalent round,
 # 600 test tasks; issue 21): anp-structured vs L1-norm and random channels and the same widths
-# meta-trained from scratch (at 70% only) at 50/70/85% of the weights removed, anp-structured under
+# meta-trained from scratch at 50/70/85% of the weights removed, anp-structured under
 # --memory-budget 0.45 at 70%, then the device report. One thread per process, two processes at
 # most (the 2-core CPU). Steps, each resumable from the run folder's caches:
 #   export METAPRUNE_DATA=/work/shared/data
@@ -44,8 +44,9 @@ step_b() {
 }
 step_collect() {  # results from the caches, paired against anp-structured on the same 600 tasks
     python benchmarks/sparsity_curve.py "${COMMON[@]}" --report-at 0.5,0.7,0.85 \
-        --methods anp-structured,l1-structured,random-structured --name structured_D_cpu \
-        --note "$BUDGET The scratch control (the same widths meta-trained from a random initialisation on as many tasks) ran at 70% only: structured_D_cpu_70.md."
+        --methods anp-structured,l1-structured,random-structured,scratch-structured \
+        --name structured_D_cpu \
+        --note "$BUDGET scratch-structured: the widths of anp-structured meta-trained from a random initialisation on as many tasks (the control)."
     python benchmarks/sparsity_curve.py "${COMMON[@]}" --report-at 0.7 \
         --methods anp-structured,l1-structured,random-structured,scratch-structured \
         --name structured_D_cpu_70 --note "$BUDGET The 70% rows of structured_D_cpu.md with the scratch control."
@@ -71,7 +72,7 @@ step_device() {  # alone on the machine
 }
 case "${1:-all}" in
     dense|a|b|collect|device) "step_$1" ;;
-    scratch) step_scratch "$2" ;;
+    scratch) step_scratch "${2:?usage: $0 scratch 0.5|0.85}" ;;
     all) step_dense
          step_a > "$RUN/job_a.log" 2>&1 & A=$!
          step_b > "$RUN/job_b.log" 2>&1 & B=$!
