@@ -37,3 +37,27 @@ def central_difference(loss, tensor: torch.Tensor, idx: tuple, eps: float = 1e-6
     with torch.no_grad():
         tensor[idx] += eps
     return (up - down) / (2 * eps)
+
+
+def tiny_options(width: int) -> list[str]:
+    """CLI overrides for a seconds-long glyphs run of a Conv4 with ``width`` channels."""
+    return ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
+            "--set", "data.q_query=3", "--set", f"model.kwargs={{width: {width}}}",
+            "--set", "train.meta_batch=2", "--set", "eval.tasks=4", "--set", "eval.q_query=3",
+            "--no-progress"]
+
+
+def train_tiny(out, width: int):
+    """``metaprune train`` for one iteration with :func:`tiny_options`; the checkpoint's path."""
+    from metaprune.cli import main
+
+    assert main(["train", "--out", str(out), "--set", "train.iterations=1",
+                 *tiny_options(width)]) == 0
+    return out / "model"
+
+
+def structured_prune_args(checkpoint, sparsity: float) -> list[str]:
+    """``metaprune prune`` arguments of a two-round anp-structured run of a tiny model."""
+    return ["prune", str(checkpoint), "--method", "anp-structured", "--sparsity", str(sparsity),
+            "--rounds", "2", "--retrain-iters", "1", "--meta-batch", "2", "--tasks", "2",
+            "--no-progress"]

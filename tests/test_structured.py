@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import structured_prune_args, train_tiny
 from torch.func import functional_call
 
 from metaprune.data.tasks import Task
@@ -149,16 +150,8 @@ def test_prune_cli_anp_structured(tmp_path, capsys) -> None:
     from metaprune.cli import main
     from metaprune.pruning.cli import structured_keep
 
-    tiny = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
-            "--set", "data.q_query=3", "--set", "model.kwargs={width: 8}",
-            "--set", "train.meta_batch=2", "--set", "eval.tasks=4", "--set", "eval.q_query=3",
-            "--no-progress"]
-    assert main(["train", "--out", str(tmp_path / "d"), "--set", "train.iterations=1",
-                 *tiny]) == 0
-    dense = str(tmp_path / "d" / "model")
-    rc = main(["prune", dense, "--method", "anp-structured", "--sparsity", "0.75",
-               "--rounds", "2", "--retrain-iters", "1", "--meta-batch", "2", "--tasks", "2",
-               "--out", str(tmp_path / "s"), "--no-progress"])
+    dense = str(train_tiny(tmp_path / "d", width=8))
+    rc = main([*structured_prune_args(dense, 0.75), "--out", str(tmp_path / "s")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "[8, 8, 8, 8] -> [4, 4, 4, 4]" in out            # keep sqrt(1 - 0.75) = 0.5

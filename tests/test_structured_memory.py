@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import structured_prune_args, train_tiny
 from torch import nn
 
 from metaprune.models import build_model
@@ -101,16 +102,9 @@ def test_prune_cli_memory_budget(tmp_path, capsys) -> None:
     from metaprune.checkpoint import load_checkpoint
     from metaprune.cli import main
 
-    tiny = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
-            "--set", "data.q_query=3", "--set", "model.kwargs={width: 8}",
-            "--set", "train.meta_batch=2", "--set", "eval.tasks=4", "--set", "eval.q_query=3",
-            "--no-progress"]
-    assert main(["train", "--out", str(tmp_path / "d"), "--set", "train.iterations=1",
-                 *tiny]) == 0
-    dense = load_checkpoint(tmp_path / "d" / "model", with_optimizer=False).learner.model
-    base = ["prune", str(tmp_path / "d" / "model"), "--method", "anp-structured",
-            "--sparsity", "0.5", "--rounds", "2", "--retrain-iters", "1", "--meta-batch", "2",
-            "--tasks", "2", "--no-progress"]
+    checkpoint = train_tiny(tmp_path / "d", width=8)
+    dense = load_checkpoint(checkpoint, with_optimizer=False).learner.model
+    base = structured_prune_args(checkpoint, 0.5)
     assert main([*base, "--memory-budget", "0.45", "--out", str(tmp_path / "m")]) == 0
     assert "memory budget of 0.45" in capsys.readouterr().out
     state = json.loads((tmp_path / "m" / "state.json").read_text())
@@ -120,7 +114,7 @@ def test_prune_cli_memory_budget(tmp_path, capsys) -> None:
         state["start_widths"], 0.5 ** 0.5, 1)[0]
     assert activation_bytes(slim, x) <= 0.45 * activation_bytes(dense, x)
     # the unstructured methods refuse the structured options, naming them
-    assert main(["prune", str(tmp_path / "d" / "model"), "--method", "anp",
+    assert main(["prune", str(checkpoint), "--method", "anp",
                  "--memory-budget", "0.5", "--out", str(tmp_path / "u")]) == 2
     assert "--memory-budget" in capsys.readouterr().err
     # a uniform run whose state predates the option is reused as it is

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from helpers import structured_prune_args, train_tiny
 from torch import nn
 
 from metaprune.models import build_model
@@ -99,15 +100,8 @@ def test_prune_cli_round_to(tmp_path, capsys) -> None:
     from metaprune.checkpoint import load_checkpoint
     from metaprune.cli import main
 
-    tiny = ["--set", "data.options={num_classes: 12, samples_per_class: 8, image_size: 12}",
-            "--set", "data.q_query=3", "--set", "model.kwargs={width: 16}",
-            "--set", "train.meta_batch=2", "--set", "eval.tasks=4", "--set", "eval.q_query=3",
-            "--no-progress"]
-    assert main(["train", "--out", str(tmp_path / "d"), "--set", "train.iterations=1",
-                 *tiny]) == 0
-    base = ["prune", str(tmp_path / "d" / "model"), "--method", "anp-structured",
-            "--sparsity", "0.7", "--rounds", "2", "--retrain-iters", "1", "--meta-batch", "2",
-            "--tasks", "2", "--no-progress"]
+    checkpoint = train_tiny(tmp_path / "d", width=16)
+    base = structured_prune_args(checkpoint, 0.7)
     assert main([*base, "--round-to", "4", "--out", str(tmp_path / "r")]) == 0
     assert "widths in multiples of 4" in capsys.readouterr().out
     state = json.loads((tmp_path / "r" / "state.json").read_text())
@@ -119,6 +113,6 @@ def test_prune_cli_round_to(tmp_path, capsys) -> None:
     # the same folder with another rounding is refused, not mixed
     assert main([*base, "--round-to", "8", "--out", str(tmp_path / "r")]) == 2
     assert "other settings" in capsys.readouterr().err
-    assert main(["prune", str(tmp_path / "d" / "model"), "--method", "magnitude",
+    assert main(["prune", str(checkpoint), "--method", "magnitude",
                  "--round-to", "8", "--out", str(tmp_path / "u")]) == 2
     assert "--round-to" in capsys.readouterr().err
