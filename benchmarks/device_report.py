@@ -21,6 +21,8 @@ import argparse
 import csv
 import datetime
 import gc
+import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -43,11 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMED = "_timed"
 TIMING_ROUNDS = 10  # turns over every model of each timing
 ONNX = "_onnx"  # row key of the model's ONNX export (timed in a process of its own)
-try:
-    import onnxruntime  # noqa: F401
-    HAS_ORT = True
-except ImportError:  # the report goes on without the ONNX Runtime column
-    HAS_ORT = False
+# without onnxruntime the report goes on without its column; it is not imported here, so its
+# library stays out of the process that takes the PyTorch timings
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
 def ort_latencies(paths: list[str], reps: int, threads: int) -> list[float]:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
           "as the runtime predicts; 'BN as layers': not folded; 'ONNX Runtime': the model's ONNX "
           "export (metaprune export-onnx; its graph also computes the probabilities) in "
           "onnxruntime "
-          f"{onnxruntime.__version__ if HAS_ORT else '(not installed)'}, "
+          f"{importlib.metadata.version('onnxruntime') if HAS_ORT else '(not installed)'}, "
           f"{args.threads} intra-op thread(s), in a process of its own after the PyTorch "
           "timings);"
           f" adaptation: median of {args.reps_adapt} runtime adaptations on a 5-way 1-shot "

@@ -597,16 +597,15 @@ def allocate_widths(model: nn.Module, example: torch.Tensor, keep: float,
     cost = WidthCosts.measure(model, example)
     budget = cost.weights(widths)
     if memory is not None:
-        widths = _fit_memory(cost, widths, budget, memory * cost.activation_full,
-                             f"--memory-budget {memory:g} (of the "
-                             f"full model's activations) is out of reach at keep {keep:.3f}")
+        widths = _fit_memory(cost, widths, budget, memory, keep)
     return widths if round_to is None else round_widths(cost, widths, round_to, budget)
 
 
-def _fit_memory(cost: WidthCosts, widths: list[int], budget: int, target: float,
-                what: str) -> list[int]:
-    """:func:`allocate_widths`'s memory allocation (``what``: the error's start)."""
+def _fit_memory(cost: WidthCosts, widths: list[int], budget: int, memory: float,
+                keep: float) -> list[int]:
+    """:func:`allocate_widths`'s memory allocation of the uniform ``widths`` of ``keep``."""
     widths, full = list(widths), cost.full
+    target = memory * cost.activation_full
     floors = [max(1, (w + 1) // 2) for w in widths]
     held = cost.activation_per_channel
 
@@ -619,8 +618,9 @@ def _fit_memory(cost: WidthCosts, widths: list[int], budget: int, target: float,
         live = [g for g in range(len(widths)) if widths[g] > floors[g]]
         if not live:
             reach = cost.activations(floors) / cost.activation_full
-            raise ValueError(f"{what}: half the uniform widths still hold {reach:.3f} (prune "
-                             "more, or allow more memory)")
+            raise ValueError(f"--memory-budget {memory:g} (of the full model's activations) is "
+                             f"out of reach at keep {keep:.3f}: half the uniform widths still "
+                             f"hold {reach:.3f} (prune more, or allow more memory)")
         widths[max(live, key=lambda g: held[g] * widths[g] / max(freed(g, -1), 1))] -= 1
     while True:
         fits = []
@@ -661,7 +661,6 @@ def round_widths(cost: WidthCosts, widths: Sequence[int], multiple: int, budget:
         raise ValueError(f"--round-to must be a positive number of channels, got {multiple}")
     choices = [rounding_choices(w, f, multiple) for w, f in zip(widths, cost.full)]
     out = [min(c, key=lambda v, w=w: (abs(v - w), v)) for c, w in zip(choices, widths)]
-
     memory = cost.activations(widths)
 
     def fits(ws: list[int]) -> bool:
