@@ -83,7 +83,7 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
     mpz = save_mpz(tmp / f"{name}.mpz", mpz_from_learner(ck.learner))
     t0 = time.perf_counter()
     pte = export_executorch(mpz, tmp / f"{name}.pte", k_shot=args.k_shot,
-                            max_queries=args.n_way * args.queries)
+                            max_queries=args.n_way * args.queries, delegate=args.delegate)
     export_s = time.perf_counter() - t0
     rep = size_report(mpz)
     dm, em = load_runtime("torch", str(mpz)), load_runtime("executorch", str(pte))
@@ -159,7 +159,8 @@ def measure(name: str, ckpt: str, args: argparse.Namespace, tmp: Path) -> dict:
         mem[runtime] = {k: statistics.median(p[k] for p in probes) for k in probes[0]}
     n = args.tasks
     return {"model": name, "checkpoint": ckpt, "learner": dm.rule["learner"],
-            "steps": dm.rule["steps"], "pte_bytes": pte.stat().st_size,
+            "steps": dm.rule["steps"], "delegate": args.delegate,
+            "pte_bytes": pte.stat().st_size,
             "mpz_bytes": rep.compact_bytes, "dense_bytes": rep.dense_bytes,
             "limit_bytes": rep.limit_bytes, "export_s": round(export_s, 1),
             "tasks": n, "tasks_same_classes": same_tasks,
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=15, help="timed repetitions")
     ap.add_argument("--mem-reps", type=int, default=3, help="memory probes per runtime")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--delegate", choices=["xnnpack", "portable"], default="xnnpack",
+                    help="export-executorch --delegate")
     ap.add_argument("--out", default=str(_report.RESULTS / "executorch_report"))
     ap.add_argument("--note", default="", help="extra sentence for the results file")
     ap.add_argument("--memprobe", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)

@@ -470,6 +470,7 @@ def test_executorch_report(curve, tmp_path) -> None:
                "--reps", "1", "--mem-reps", "1", "--out", str(tmp_path / "smoke_et"))
     (got,) = rows(tmp_path / "smoke_et.csv")
     assert got["model"] == "anp" and got["tasks"] == "2" and int(got["pte_bytes"]) > 0
+    assert got["delegate"] == "xnnpack"  # the default export
     assert float(got["max_logit_diff"]) < 1e-2  # the two runtimes compute the same thing
     # against float64, each runtime errs about as little as float32 rounding can
     assert float(got["weight_err_f64_torch"]) < 1e-4

@@ -30,11 +30,12 @@ pytest.importorskip("executorch")  # a fallback only: the test extra installs ex
 
 from metaprune.deploy.executorch_export import (  # noqa: E402
     BatchStatsNorm,
+    BlendReLU,
     CnhwSequential,
     amax_pool2,
+    blend_pool2,
     build_program,
     exportable,
-    index_pool2,
 )
 from metaprune.deploy.executorch_runtime import ExecuTorchModel  # noqa: E402
 
@@ -72,16 +73,34 @@ def episode(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return sx, torch.arange(N_WAY).repeat(K_SHOT), qx  # labels interleaved, not sorted
 
 
-CASES = [("maml", True, "conv4"), ("maml", False, "conv4-slim"), ("anil", True, "conv4"),
-         ("metasgd", True, "conv4"), ("protonet", True, "conv4"), ("cavia", False, "conv4")]
+# the default delegate; the CLI test exports with --delegate portable
+CASES = [("maml", True, "conv4", "xnnpack"), ("maml", False, "conv4-slim", "xnnpack"),
+         ("anil", True, "conv4", "xnnpack"), ("metasgd", True, "conv4", "xnnpack"),
+         ("protonet", True, "conv4", "xnnpack"), ("cavia", False, "conv4", "xnnpack")]
 
 
-@pytest.mark.parametrize("name,pruned,arch", CASES)
-def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool,
-                                                     arch: str) -> None:
+def delegated_methods(data: bytes) -> dict[str, list[str]]:
+    """Each method of a .pte program and the backends of its delegate calls."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    prog = deserialize_pte_binary(data)
+    prog = getattr(prog, "program", prog)
+    return {plan.name: [d.id for d in plan.delegates] for plan in prog.execution_plan}
+
+
+@pytest.mark.parametrize("name,pruned,arch,delegate", CASES)
+def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool, arch: str,
+                                                     delegate: str) -> None:
     learner = learner_for(name, pruned, arch)
     dm = DeviceModel(mpz_from_learner(learner))
-    data, meta = build_program(dm, k_shot=K_SHOT, max_queries=8)
+    data, meta = build_program(dm, k_shot=K_SHOT, max_queries=8, delegate=delegate)
+    backends = delegated_methods(data)
+    # xnnpack: the training method's work is in XNNPACK partitions (predict, whose query
+    # count is dynamic, runs on the portable kernels); portable: no partition at all
+    want = ({"adapt_loss": {"XnnpackBackend"}} if delegate == "xnnpack" and name != "protonet"
+            else {})
+    assert {m: set(b) for m, b in backends.items() if b} == want, backends
+    assert meta["delegate"] == delegate
     em = ExecuTorchModel(data)
     sx, sy, qx = episode()
     for steps in range(dm.rule["steps"] + 1):  # every step: same tensors, pruned stay 0
@@ -117,7 +136,7 @@ def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool,
     assert [p.label for p in preds] == lr.argmax(1).tolist()
 
 
-@pytest.mark.parametrize("pool", [amax_pool2, index_pool2])
+@pytest.mark.parametrize("pool", [amax_pool2, blend_pool2])
 def test_amax_pool_equals_max_pool_in_eager(pool) -> None:
     g = torch.Generator().manual_seed(0)
     for shape, ceil in [((3, 4, 8, 8), False), ((2, 3, 7, 5), False), ((2, 3, 7, 5), True)]:
@@ -146,13 +165,15 @@ def test_amax_pool_equals_max_pool_in_eager(pool) -> None:
 @pytest.mark.parametrize("arch", ["conv4", "conv4-slim"])
 def test_channel_major_network_equals_model_in_eager(arch: str) -> None:
     """The exported network (channel-major im2col convolutions, BatchNorm on (C, N, H, W),
-    ReLU after the max-pool) against the model: outputs and every parameter's gradient."""
+    ReLU after the max-pool; as ``adapt_loss`` has it, blend pooling and BlendReLU, and as
+    ``predict`` has it) against the model: outputs and every parameter's gradient."""
     net = learner_for("maml", False, arch).model
     g = torch.Generator().manual_seed(5)
     x = (torch.rand(N_WAY * K_SHOT, *SHAPE, generator=g) > 0.5).float()  # binary: ties
-    for pool in ("indices", "where"):
-        ex = exportable(net, pool=pool)
+    for pool, blend_relu in (("blend", True), ("where", False)):
+        ex = exportable(net, pool=pool, blend_relu=blend_relu)
         assert isinstance(ex.features, CnhwSequential)
+        assert any(isinstance(m, BlendReLU) for m in ex.modules()) == blend_relu
         assert [n for n, _ in ex.named_parameters()] == [n for n, _ in net.named_parameters()]
         ref, out = net(x), ex(x)
         assert (ref - out).abs().max().item() <= 1e-5
@@ -234,7 +255,8 @@ def test_cli_export_executorch_and_adapt(tmp_path, capsys) -> None:
     mpz = save_mpz(tmp_path / "m.mpz", mpz_from_learner(learner))
     pte = tmp_path / "m.pte"
     assert main(["export-executorch", str(mpz), "--out", str(pte), "--k-shot", str(K_SHOT),
-                 "--max-queries", "8"]) == 0
+                 "--max-queries", "8", "--delegate", "portable"]) == 0
+    assert not any(delegated_methods(pte.read_bytes()).values())
     out = capsys.readouterr().out
     assert "ExecuTorch vs PyTorch runtime" in out and "same predicted classes" in out
     sx, sy, qx = episode()

@@ -76,6 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="support images per class the program takes (default 1)")
     p.add_argument("--max-queries", type=POSITIVE, default=128,
                    help="most query images per predict call (default 128)")
+    p.add_argument("--delegate", choices=["xnnpack", "portable"], default="xnnpack",
+                   help="xnnpack (default): the operations XNNPACK supports run in "
+                   "ExecuTorch's XNNPACK backend (faster on a CPU: docs/deploy.md); "
+                   "portable: ExecuTorch's own kernels only, for a runtime built without "
+                   "XNNPACK")
     p.add_argument("--no-check", action="store_true",
                    help="skip comparing ExecuTorch with the PyTorch runtime on a random "
                    "support set")
@@ -242,7 +247,7 @@ def cmd_export_executorch(args: argparse.Namespace) -> int:
     from .format import size_report
 
     out = export_executorch(args.model, args.out, k_shot=args.k_shot,
-                            max_queries=args.max_queries)
+                            max_queries=args.max_queries, delegate=args.delegate)
     rep = size_report(args.model)
     pte = out.stat().st_size
     print(f"wrote {out}")

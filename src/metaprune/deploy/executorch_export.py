@@ -71,7 +71,10 @@ from .format import load_mpz
 from .runtime import DeviceModel
 
 DEFAULT_MAX_QUERIES = 128
-ADAPT_POOL = "indices"   # AmaxPool2's mode in adapt_loss (predict: "where")
+DELEGATES = ("xnnpack", "portable")  # build_program's delegate choices
+DEFAULT_DELEGATE = "xnnpack"
+XNNPACK_METHODS = (LOSS_METHOD,)  # what "xnnpack" delegates (predict: dynamic query count)
+ADAPT_POOL = "blend"   # AmaxPool2's mode in adapt_loss (predict: "where")
 
 
 # ---- ExecuTorch-friendly layers ---------------------------------------------------------------
@@ -102,18 +105,53 @@ def amax_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
     return torch.where(bottom <= top, top, bottom).reshape(*lead, h2, w2)
 
 
-def index_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as a ``gather`` of the first maxima that
-    max-pooling's forward finds (its indices, no gradient): the gradient is the gather's, a
-    scatter onto those entries, not ExecuTorch's wrong max-pool backward."""
-    _, idx = torch.ops.aten.max_pool2d_with_indices(x.detach(), [2, 2], [2, 2], [0, 0],
-                                                    [1, 1], ceil_mode)
-    return x.flatten(-2).gather(-1, idx.flatten(-2)).reshape(idx.shape)
+def later_wins(first: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
+    """1.0 where ``later > first`` (strictly; a tie keeps the first), else 0.0, without a
+    gradient: ``ceil(clamp(later - first, 0, 1))``, arithmetic that XNNPACK runs (its
+    comparisons, ``where`` and the index ops are not delegated)."""
+    return torch.ceil(torch.clamp(later.detach() - first.detach(), 0.0, 1.0))
+
+
+def blend_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
+    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as 0/1 blends of the windows' entries:
+    the maximum of each row pair, then of the two rows, ``m * later + (1 - m) * first`` with
+    ``m`` = :func:`later_wins` (exact: one product is the entry, the other 0), so the gradient
+    goes to each window's first maximum in row-major order, as max-pooling's does, through
+    products only (no ``gather``/``scatter``, whose ExecuTorch kernels are per-element
+    loops, and no max-pool backward, which is wrong in ExecuTorch). Ceil mode's missing
+    entries are float32's lowest value, not -inf (0 * -inf is NaN)."""
+    h, w = x.shape[-2:]
+    if ceil_mode:  # an odd last row / column is a window of its own (borders by
+        # concatenation: F.pad's backward exports as a negative pad, which ExecuTorch refuses)
+        low = torch.finfo(x.dtype).min
+        if w % 2:
+            x = torch.cat([x, x.new_full((*x.shape[:-1], 1), low)], dim=-1)
+        if h % 2:
+            x = torch.cat([x, x.new_full((*x.shape[:-2], 1, x.shape[-1]), low)], dim=-2)
+    else:
+        x = x[..., : h - h % 2, : w - w % 2]
+    lead, h2, w2 = x.shape[:-2], x.shape[-2] // 2, x.shape[-1] // 2
+    pairs = x.reshape(-1, 2)                           # (left, right) of each row pair
+    left, right = pairs[:, :1], pairs[:, 1:]
+    m = later_wins(left, right)
+    rows = (right * m + left * (1 - m)).reshape(-1, 2, w2)
+    top, bottom = rows[:, :1], rows[:, 1:]
+    m = later_wins(top, bottom)
+    return (bottom * m + top * (1 - m)).reshape(*lead, h2, w2)
+
+
+class BlendReLU(nn.ReLU):
+    """``nn.ReLU`` as ``x * m``, ``m`` = :func:`later_wins` (0, x): the same values (an
+    entry <= 0 gives a zero) and gradient (``m``: 0 at 0, as ReLU's), from ops XNNPACK runs,
+    where ReLU's backward is a comparison and a ``where`` that split the delegated graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * later_wins(torch.zeros((), dtype=x.dtype), x)
 
 
 class AmaxPool2(nn.Module):
     """2x2 max-pooling for ExecuTorch, ``mode`` "where" (:func:`amax_pool2`, the faster
-    forward: ``predict``) or "indices" (:func:`index_pool2`, the faster forward + backward:
+    forward: ``predict``) or "blend" (:func:`blend_pool2`, the faster forward + backward:
     ``adapt_loss``)."""
 
     commutes_with_relu = True  # a FiLM site may move ReLU past it (models.layers.film_site)
@@ -123,8 +161,8 @@ class AmaxPool2(nn.Module):
         self.ceil_mode, self.mode = ceil_mode, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "indices":
-            return index_pool2(x, self.ceil_mode)
+        if self.mode == "blend":
+            return blend_pool2(x, self.ceil_mode)
         return amax_pool2(x, self.ceil_mode)
 
 
@@ -294,15 +332,19 @@ def _swap_modules(model: nn.Module, swap) -> nn.Module:
     return model
 
 
-def exportable(model: nn.Module, channel_major: bool = True, pool: str = "where") -> nn.Module:
+def exportable(model: nn.Module, channel_major: bool = True, pool: str = "where",
+               blend_relu: bool = False) -> nn.Module:
     """A copy of ``model`` with the layers ExecuTorch cannot differentiate replaced by
     equivalent ones; any other max-pooling is refused. ``channel_major``: every sequential
     stack of Conv4's layer types runs on ``(C, N, H, W)`` activations
     (:class:`CnhwSequential`; not with FiLM hooks, which modulate NCHW activations).
-    ``pool``: the max-poolings' :class:`AmaxPool2` mode."""
+    ``pool``: the max-poolings' :class:`AmaxPool2` mode; ``blend_relu``: every ``nn.ReLU``
+    as :class:`BlendReLU` (for the training method)."""
     def swap(m: nn.Module) -> nn.Module | None:
         if isinstance(m, MaxPool2):
             return AmaxPool2(m.ceil_mode, pool)
+        if blend_relu and type(m) is nn.ReLU:
+            return BlendReLU()
         if isinstance(m, nn.MaxPool2d):
             k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation)
             if k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and d in (1, (1, 1)):
@@ -406,7 +448,7 @@ def adapting_tensors(dm: DeviceModel) -> tuple[list[str], list[torch.Tensor],
 def training_network(dm: DeviceModel) -> nn.Module:
     """``dm``'s network as ``adapt_loss`` computes it (the ExecuTorch-friendly layers; NCHW
     for CAVIA, whose FiLM hooks modulate NCHW activations)."""
-    return exportable(dm.model, dm.rule["kind"] != "context", ADAPT_POOL)
+    return exportable(dm.model, dm.rule["kind"] != "context", ADAPT_POOL, blend_relu=True)
 
 
 class AdaptLoss(_Program):
@@ -512,6 +554,66 @@ def transpose_smaller_mm(gm: torch.fx.GraphModule) -> Any:
     return PassResult(gm, changed)
 
 
+def zero_scatter_as_pad(gm: torch.fx.GraphModule) -> Any:
+    """Edge-graph pass: ``slice_scatter(zeros, src, dim, start, end)`` (step 1), the backward
+    of a slice, which im2col's shifted windows take by the dozen, as
+    ``constant_pad_nd(src)``: the same tensor, from one op that XNNPACK runs instead of a
+    fill and a copy by ExecuTorch's portable kernels."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    edge = exir_ops.edge.aten
+    graph, changed = gm.graph, False
+    for node in list(graph.nodes):
+        if node.target != edge.slice_scatter.default:
+            continue
+        defaults = (0, None, None, 1)  # dim, start, end, step
+        base, src, dim, start, end, step = (*node.args, *defaults[len(node.args) - 2:])
+        if (node.kwargs or step != 1 or not isinstance(base, torch.fx.Node)
+                or base.target != edge.full.default or base.args[1] != 0):
+            continue
+        shape = base.meta["val"].shape
+        dim %= len(shape)
+        size = shape[dim]
+        start = 0 if start is None else start + size if start < 0 else min(start, size)
+        end = size if end is None else end + size if end < 0 else min(end, size)
+        if end - start != src.meta["val"].shape[dim]:
+            continue
+        with graph.inserting_before(node):
+            pad = graph.call_function(edge.constant_pad_nd.default, (
+                src, [0, 0] * (len(shape) - 1 - dim) + [start, size - end], 0.0))
+            pad.meta["val"] = base.meta["val"].clone()
+        node.replace_all_uses_with(pad)
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        graph.eliminate_dead_code()
+        gm.recompile()
+    return PassResult(gm, changed)
+
+
+def drop_activation_aliases(gm: torch.fx.GraphModule) -> Any:
+    """Edge-graph pass: ``alias_copy`` of a computed tensor (the joint graph saves
+    activations for the backward through them) replaced by the tensor itself: a copy less
+    each. The aliases of the graph's inputs stay: a parameter reaches an XNNPACK partition
+    through its alias, so the partition reads the program's current value at every call
+    instead of packing the value at load time as a constant, which the optimiser's updates
+    would not reach."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    graph, changed = gm.graph, False
+    for node in list(graph.nodes):
+        if (node.target == exir_ops.edge.aten.alias_copy.default
+                and node.args[0].op != "placeholder"):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            changed = True
+    if changed:
+        gm.recompile()
+    return PassResult(gm, changed)
+
+
 @contextlib.contextmanager
 def _quiet(enabled: bool = True):
     if not enabled:
@@ -532,10 +634,14 @@ def _quiet(enabled: bool = True):
 
 
 def build_program(dm: DeviceModel, k_shot: int = 1, max_queries: int = DEFAULT_MAX_QUERIES,
-                  n_way: int | None = None, source: str = "<memory>", quiet: bool = True
-                  ) -> tuple[bytes, dict[str, Any]]:
-    """Export ``dm`` as an ExecuTorch program; returns (``.pte`` bytes, its metadata)."""
-    from executorch.exir import to_edge
+                  n_way: int | None = None, source: str = "<memory>", quiet: bool = True,
+                  delegate: str = DEFAULT_DELEGATE) -> tuple[bytes, dict[str, Any]]:
+    """Export ``dm`` as an ExecuTorch program; returns (``.pte`` bytes, its metadata).
+    ``delegate``: "xnnpack" hands every operation XNNPACK supports to ExecuTorch's XNNPACK
+    backend (its matrix products and element-wise kernels; the runtime must include the
+    backend, as the pip wheel's does), "portable" keeps the whole program on ExecuTorch's
+    kernels (a runtime built without XNNPACK)."""
+    from executorch.exir import to_edge_transform_and_lower
     from torch.export import Dim, export
     from torch.export.experimental import _export_forward_backward
 
@@ -544,6 +650,8 @@ def build_program(dm: DeviceModel, k_shot: int = 1, max_queries: int = DEFAULT_M
         raise ValueError(f"'{source}' stores no class count: give n_way")
     if k_shot < 1 or max_queries < 1:
         raise ValueError("k_shot and max_queries must be >= 1")
+    if delegate not in DELEGATES:
+        raise ValueError(f"delegate must be one of {', '.join(DELEGATES)}, got {delegate!r}")
     if not dm.channels or not dm.size:
         raise ValueError(f"'{source}' stores no input size/channels")
     n_support = n_way * k_shot
@@ -570,22 +678,34 @@ def build_program(dm: DeviceModel, k_shot: int = 1, max_queries: int = DEFAULT_M
     meta = {"format": PTE_FORMAT, "version": PTE_VERSION, "rule": dm.rule,
             "n_way": n_way, "k_shot": k_shot, "n_support": n_support,
             "input": dm.meta["input"], "max_queries": max_queries,
-            "adapt": names, "sgd_lr": 1.0,
+            "adapt": names, "sgd_lr": 1.0, "delegate": delegate,
             "methods": {"loss": LOSS_METHOD if names else None,
                         "predict": PREDICT_METHOD},
             "model": dm.meta["model"], "source": Path(source).name}
     blob = torch.frombuffer(bytearray(json.dumps(meta).encode()), dtype=torch.uint8)
+    partitioner = None
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+            XnnpackPartitioner,
+        )
+
+        # a weight that adapts is an input of its matrix product, never packed as a constant
+        partitioner = {m: [XnnpackPartitioner(force_non_static_weights_for_f32_linear=True)]
+                       if m in XNNPACK_METHODS else [] for m in methods}
     with _quiet(quiet):
-        edge = to_edge(methods, constant_methods={META_METHOD: blob})
-        prog = edge.transform([transpose_smaller_mm]).to_executorch()
+        prog = to_edge_transform_and_lower(
+            methods, transform_passes=[transpose_smaller_mm, zero_scatter_as_pad,
+                                       drop_activation_aliases],
+            partitioner=partitioner, constant_methods={META_METHOD: blob}).to_executorch()
     return prog.buffer, meta
 
 
 def export_executorch(mpz_path: str | os.PathLike, out: str | os.PathLike, k_shot: int = 1,
-                      max_queries: int = DEFAULT_MAX_QUERIES) -> Path:
+                      max_queries: int = DEFAULT_MAX_QUERIES,
+                      delegate: str = DEFAULT_DELEGATE) -> Path:
     """Write the ``.pte`` program of the ``.mpz`` model at ``mpz_path`` to ``out``."""
     dm = DeviceModel(load_mpz(mpz_path), str(mpz_path))
-    data, _ = build_program(dm, k_shot, max_queries, source=str(mpz_path))
+    data, _ = build_program(dm, k_shot, max_queries, source=str(mpz_path), delegate=delegate)
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(data)

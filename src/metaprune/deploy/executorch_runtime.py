@@ -63,6 +63,17 @@ def _executorch() -> tuple[Any, Any]:
     return _load_for_executorch_from_buffer, get_sgd_optimizer
 
 
+def registered_backends() -> list[str]:
+    """The delegate backends the installed ExecuTorch runtime has (empty if none or if it
+    cannot say)."""
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        return list(portable_lib._get_registered_backend_names())
+    except (ImportError, AttributeError):
+        return []
+
+
 def set_threads(n: int) -> None:
     """Threads of ExecuTorch's CPU thread pool (its kernels'; torch's are set apart)."""
     with contextlib.suppress(ImportError):
@@ -112,7 +123,10 @@ class ExecuTorchModel(ImageInputs):
             self.module = load(self._data)
             names = set(self.module.method_names())
         except Exception as e:
-            raise ValueError(f"'{source}': ExecuTorch cannot load it: {e}") from e
+            hint = ("" if "XnnpackBackend" in registered_backends() else
+                    " (this ExecuTorch runtime has no XNNPACK backend: export the program "
+                    "with 'metaprune export-executorch --delegate portable')")
+            raise ValueError(f"'{source}': ExecuTorch cannot load it: {e}{hint}") from e
         if META_METHOD not in names:
             raise ValueError(f"'{source}' is an ExecuTorch program but not one written by "
                              "'metaprune export-executorch' (no metadata method)")
