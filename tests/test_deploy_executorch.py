@@ -1,8 +1,8 @@
 """ExecuTorch export (issue 22): on the same episode, adaptation and prediction through the
 ExecuTorch runtime equal the PyTorch device runtime (same predicted classes, adapted tensors
 within 1e-5, pruned weights exactly 0 after every step), for MAML, ANIL, Meta-SGD, ProtoNet
-and CAVIA, dense and pruned, Conv4 and the structured slim model; both exported max-pooling
-formulations equal max-pooling in eager (values, gradients, tied maxima), and so does the
+and CAVIA, dense and pruned, Conv4 and the structured slim model; the exported max-pooling
+equals max-pooling in eager (values, gradients, tied maxima), and so does the
 channel-major network (outputs, every gradient); the CLI end to end; bad input gets a clear
 error.
 
@@ -32,7 +32,6 @@ from metaprune.deploy.executorch_export import (  # noqa: E402
     BatchStatsNorm,
     BlendReLU,
     CnhwSequential,
-    amax_pool2,
     blend_pool2,
     build_program,
     exportable,
@@ -95,10 +94,9 @@ def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool, a
     dm = DeviceModel(mpz_from_learner(learner))
     data, meta = build_program(dm, k_shot=K_SHOT, max_queries=8, delegate=delegate)
     backends = delegated_methods(data)
-    # xnnpack: the training method's work is in XNNPACK partitions (predict, whose query
-    # count is dynamic, runs on the portable kernels); portable: no partition at all
-    want = ({"adapt_loss": {"XnnpackBackend"}} if delegate == "xnnpack" and name != "protonet"
-            else {})
+    # xnnpack: both methods' work is in XNNPACK partitions; portable: no partition at all
+    want = ({m: {"XnnpackBackend"} for m in ("predict", "adapt_loss")
+             if m == "predict" or name != "protonet"} if delegate == "xnnpack" else {})
     assert {m: set(b) for m, b in backends.items() if b} == want, backends
     assert meta["delegate"] == delegate
     em = ExecuTorchModel(data)
@@ -136,8 +134,7 @@ def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool, a
     assert [p.label for p in preds] == lr.argmax(1).tolist()
 
 
-@pytest.mark.parametrize("pool", [amax_pool2, blend_pool2])
-def test_amax_pool_equals_max_pool_in_eager(pool) -> None:
+def test_blend_pool_equals_max_pool_in_eager() -> None:
     g = torch.Generator().manual_seed(0)
     for shape, ceil in [((3, 4, 8, 8), False), ((2, 3, 7, 5), False), ((2, 3, 7, 5), True)]:
         x = torch.randn(*shape, generator=g)
@@ -145,7 +142,7 @@ def test_amax_pool_equals_max_pool_in_eager(pool) -> None:
         x[..., 3, 0] = 5 + x[..., 2, 0].abs()  # the window's maximum twice, across rows and
         x[..., 2, 1] = x[..., 3, 0]            # columns: the top row's entry is the first
         a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        out_a, out_b = pool(a, ceil), F.max_pool2d(b, 2, ceil_mode=ceil)
+        out_a, out_b = blend_pool2(a, ceil), F.max_pool2d(b, 2, ceil_mode=ceil)
         assert torch.equal(out_a, out_b)
         w = torch.randn(out_a.shape, generator=g)
         (out_a * w).sum().backward()
@@ -155,7 +152,7 @@ def test_amax_pool_equals_max_pool_in_eager(pool) -> None:
     # ReLU's backward then zeroes both (what Conv4 computes: conv, BN, ReLU, pool)
     x = torch.tensor([[[[-1.0, -2.0], [0.5, -3.0]], [[-1.0, -2.0], [-0.5, -3.0]]]])
     grads = []
-    for p in (lambda t: pool(t), lambda t: F.max_pool2d(t, 2)):
+    for p in (blend_pool2, lambda t: F.max_pool2d(t, 2)):
         t = x.clone().requires_grad_(True)
         p(F.relu(t)).sum().backward()
         grads.append(t.grad)
@@ -170,8 +167,8 @@ def test_channel_major_network_equals_model_in_eager(arch: str) -> None:
     net = learner_for("maml", False, arch).model
     g = torch.Generator().manual_seed(5)
     x = (torch.rand(N_WAY * K_SHOT, *SHAPE, generator=g) > 0.5).float()  # binary: ties
-    for pool, blend_relu in (("blend", True), ("where", False)):
-        ex = exportable(net, pool=pool, blend_relu=blend_relu)
+    for blend_relu in (True, False):
+        ex = exportable(net, blend_relu=blend_relu)
         assert isinstance(ex.features, CnhwSequential)
         assert any(isinstance(m, BlendReLU) for m in ex.modules()) == blend_relu
         assert [n for n, _ in ex.named_parameters()] == [n for n, _ in net.named_parameters()]
@@ -250,7 +247,7 @@ def write_episode(root, sx, sy, qx) -> tuple:
     return support, query
 
 
-def test_cli_export_executorch_and_adapt(tmp_path, capsys) -> None:
+def test_cli_export_executorch_and_adapt(tmp_path, capsys, monkeypatch) -> None:
     learner = learner_for("maml", True)
     mpz = save_mpz(tmp_path / "m.mpz", mpz_from_learner(learner))
     pte = tmp_path / "m.pte"
@@ -298,3 +295,12 @@ def test_cli_export_executorch_and_adapt(tmp_path, capsys) -> None:
         (one_shot / d.name / f.name).write_bytes(f.read_bytes())
     fails(["adapt", "--runtime", "executorch", str(pte), "--support", str(one_shot), "--query",
            str(query)], r"m\.pte' was exported for 5-way 2-shot.*--k-shot")
+    # a program ExecuTorch cannot load, in a runtime without XNNPACK: the error says how to
+    # export for such a runtime
+    import metaprune.deploy.executorch_runtime as runtime_module
+
+    cut = tmp_path / "cut.pte"
+    cut.write_bytes(pte.read_bytes()[:4096])
+    monkeypatch.setattr(runtime_module, "registered_backends", lambda: [])
+    fails(["adapt", "--runtime", "executorch", str(cut), "--support", str(support), "--query",
+           str(query)], r"cut\.pte': ExecuTorch cannot load it.*--delegate portable")

@@ -25,24 +25,31 @@ The program has these methods (names in :mod:`metaprune.deploy.executorch_runtim
   but the ``.pte``.
 
 Workarounds for the ExecuTorch kernels (executorch 1.4): max-pooling's backward gives wrong
-gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as a ``gather`` at
-max-pooling's forward indices in ``adapt_loss`` and as comparisons of the windows' entries in
-``predict`` (:class:`AmaxPool2`: same values, and max-pooling's gradient, ties included, tested
-against eager); stride-1 convolutions as im2col + one matrix product (:class:`MatmulConv2d`:
-ExecuTorch's portable convolution kernels, forward and backward, are about 15x slower); global
+gradients (pytorch/executorch#21686), so every 2x2 max-pool is exported as 0/1 blends of the
+windows' entries (:class:`AmaxPool2`, :func:`blend_pool2`: same values, and max-pooling's
+gradient, ties included, tested against eager); stride-1 convolutions as im2col + one matrix
+product (:class:`MatmulConv2d`: ExecuTorch's portable convolution kernels, forward and
+backward, are about 15x slower); zero padding as ``F.pad``, whose backward (a negative pad,
+which ExecuTorch refuses) the pass :func:`negative_pad_as_slices` turns into slices; global
 average pooling as a mean; BatchNorm (batch statistics in ``adapt_loss``, as the backbones use
 it; the support's in ``predict``) as :class:`BatchStatsNorm`, whose per-channel means are two
 matrix products with constant vectors (:func:`channel_mean`): ExecuTorch computes those as
-accurately as eager (its batch-norm kernel's single-pass sums did not) and with its optimised
-``mm``, forward and backward.
+accurately as eager (its batch-norm kernel's single-pass sums did not), forward and backward.
 
-Speed (the pip wheel's kernels: matrix products and element-wise arithmetic are optimised,
-copies, transposes, reductions and indexing are per-element loops): a sequential stack of
-Conv4's layer types runs on channel-major ``(C, N, H, W)`` activations (:class:`CnhwSequential`),
-where the im2col is built from whole-row slices and one ``mm`` gives the next layer's layout, so
-no activation is transposed; ReLU follows the max-pool (a quarter of the entries); the pass
-:func:`transpose_smaller_mm` makes each weight gradient transpose the output gradient instead
-of the im2col matrix.
+Speed: with ``delegate="xnnpack"`` (the default) every operation XNNPACK supports runs in
+ExecuTorch's XNNPACK backend (matrix products, element-wise arithmetic, slices, pads,
+concatenations); the rest on ExecuTorch's portable kernels, whose copies, reductions and
+indexing are per-element loops. Copies whose innermost run is one element cost a call per
+element in both, so nothing here slices every other entry: max-pooling picks the pairs of a
+window by matrix products with 0/1 :func:`selector` matrices (exact), and ReLU is
+:class:`BlendReLU` (no comparison or ``where``, which XNNPACK lacks). A sequential stack of
+Conv4's layer types runs on channel-major ``(C, N, H, W)`` activations
+(:class:`CnhwSequential`), where the im2col is built from whole-row slices and one ``mm`` gives
+the next layer's layout, so no activation is transposed; ReLU follows the max-pool (a quarter
+of the entries). Edge-graph passes: :func:`transpose_smaller_mm` makes each weight gradient
+transpose the output gradient instead of the im2col matrix; :func:`zero_scatter_as_pad` turns
+each slice's backward into a pad; :func:`drop_activation_aliases` drops copies of saved
+activations.
 
 The program is static in the support set's shape (``n_way x k_shot`` images of the model's
 input size): export one program per shot count (``--k-shot``).
@@ -73,38 +80,9 @@ from .runtime import DeviceModel
 DEFAULT_MAX_QUERIES = 128
 DELEGATES = ("xnnpack", "portable")  # build_program's delegate choices
 DEFAULT_DELEGATE = "xnnpack"
-XNNPACK_METHODS = (LOSS_METHOD,)  # what "xnnpack" delegates (predict: dynamic query count)
-ADAPT_POOL = "blend"   # AmaxPool2's mode in adapt_loss (predict: "where")
 
 
 # ---- ExecuTorch-friendly layers ---------------------------------------------------------------
-def amax_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as comparisons of the windows' entries
-    (ExecuTorch's max-pool backward is wrong): the maximum of each row pair, then of the two
-    rows, ``torch.where`` keeping the earlier entry on ties, so the gradient goes to each
-    window's first maximum in row-major order, as max-pooling's does. Horizontal pairs are
-    the even/odd entries of the flattened map and vertical pairs halves of a row pair: no
-    transpose, ``argmax`` or ``gather``, whose ExecuTorch kernels are element-by-element
-    loops."""
-    h, w = x.shape[-2:]
-    if ceil_mode:  # an odd last row / column is a window of its own (-inf borders by
-        # concatenation: F.pad's backward exports as a negative pad, which ExecuTorch refuses)
-        if w % 2:
-            x = torch.cat([x, x.new_full((*x.shape[:-1], 1), float("-inf"))], dim=-1)
-        if h % 2:
-            x = torch.cat([x, x.new_full((*x.shape[:-2], 1, x.shape[-1]), float("-inf"))],
-                          dim=-2)
-    else:
-        x = x[..., : h - h % 2, : w - w % 2]
-    lead, h2, w2 = x.shape[:-2], x.shape[-2] // 2, x.shape[-1] // 2
-    # slices, not selects: a select's backward exports as an expand + where
-    pairs = x.reshape(-1, 2)                           # (left, right) of each row pair
-    left, right = pairs[:, :1], pairs[:, 1:]
-    rows = torch.where(right <= left, left, right).reshape(-1, 2, w2)
-    top, bottom = rows[:, :1], rows[:, 1:]
-    return torch.where(bottom <= top, top, bottom).reshape(*lead, h2, w2)
-
-
 def later_wins(first: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
     """1.0 where ``later > first`` (strictly; a tie keeps the first), else 0.0, without a
     gradient: ``ceil(clamp(later - first, 0, 1))``, arithmetic that XNNPACK runs (its
@@ -112,30 +90,41 @@ def later_wins(first: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
     return torch.ceil(torch.clamp(later.detach() - first.detach(), 0.0, 1.0))
 
 
+def selector(n: int, cols: int, start: int, step: int, dtype: torch.dtype) -> torch.Tensor:
+    """The 0/1 matrix ``(n, cols)`` whose product picks entries ``start + step * j`` of each
+    row (column ``j``; all zero past the row's end): ``X @ S`` is exactly those entries (one
+    product by 1, the others add zeros), and its gradient exactly their scatter back."""
+    rows, picked = torch.arange(n)[:, None], start + step * torch.arange(cols)[None, :]
+    return (rows == picked).to(dtype)
+
+
 def blend_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
     """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as 0/1 blends of the windows' entries:
-    the maximum of each row pair, then of the two rows, ``m * later + (1 - m) * first`` with
-    ``m`` = :func:`later_wins` (exact: one product is the entry, the other 0), so the gradient
-    goes to each window's first maximum in row-major order, as max-pooling's does, through
-    products only (no ``gather``/``scatter``, whose ExecuTorch kernels are per-element
-    loops, and no max-pool backward, which is wrong in ExecuTorch). Ceil mode's missing
-    entries are float32's lowest value, not -inf (0 * -inf is NaN)."""
+    the larger of each horizontal pair, then of the two rows, ``m * later + (1 - m) * first``
+    with ``m`` = :func:`later_wins` (exact: one product is the entry, the other 0), so the
+    gradient goes to each window's first maximum in row-major order, as max-pooling's does,
+    through products only: no ``gather``/``scatter`` (ExecuTorch's are per-element loops) and
+    no max-pool backward (wrong in ExecuTorch). The pairs are picked by matrix products with
+    :func:`selector` matrices (exact), where slicing every other entry would copy one entry
+    per call. Ceil mode's missing entries are float32's lowest value, not -inf (0 * -inf is
+    NaN)."""
     h, w = x.shape[-2:]
-    if ceil_mode:  # an odd last row / column is a window of its own (borders by
-        # concatenation: F.pad's backward exports as a negative pad, which ExecuTorch refuses)
-        low = torch.finfo(x.dtype).min
-        if w % 2:
-            x = torch.cat([x, x.new_full((*x.shape[:-1], 1), low)], dim=-1)
-        if h % 2:
-            x = torch.cat([x, x.new_full((*x.shape[:-2], 1, x.shape[-1]), low)], dim=-2)
-    else:
-        x = x[..., : h - h % 2, : w - w % 2]
-    lead, h2, w2 = x.shape[:-2], x.shape[-2] // 2, x.shape[-1] // 2
-    pairs = x.reshape(-1, 2)                           # (left, right) of each row pair
-    left, right = pairs[:, :1], pairs[:, 1:]
+    low = torch.finfo(x.dtype).min
+    if h % 2 and ceil_mode:  # an odd last row is a window row of its own
+        x = torch.cat([x, x.new_full((*x.shape[:-2], 1, w), low)], dim=-2)
+    elif h % 2:
+        x = x[..., : h - 1, :]
+    lead, h2 = x.shape[:-2], x.shape[-2] // 2
+    w2 = (w + 1) // 2 if ceil_mode else w // 2
+    rows = x.reshape(-1, w)
+    left = rows @ selector(w, w2, 0, 2, x.dtype)
+    right = rows @ selector(w, w2, 1, 2, x.dtype)
+    if w < 2 * w2:  # ceil mode, odd width: the last window has no right entry
+        right = right + torch.cat([x.new_zeros(1, w2 - 1), x.new_full((1, 1), low)], dim=1)
     m = later_wins(left, right)
-    rows = (right * m + left * (1 - m)).reshape(-1, 2, w2)
-    top, bottom = rows[:, :1], rows[:, 1:]
+    pairs = (right * m + left * (1 - m)).reshape(-1, 2 * w2)   # a window's two rows
+    top = pairs @ selector(2 * w2, w2, 0, 1, x.dtype)
+    bottom = pairs @ selector(2 * w2, w2, w2, 1, x.dtype)
     m = later_wins(top, bottom)
     return (bottom * m + top * (1 - m)).reshape(*lead, h2, w2)
 
@@ -150,20 +139,16 @@ class BlendReLU(nn.ReLU):
 
 
 class AmaxPool2(nn.Module):
-    """2x2 max-pooling for ExecuTorch, ``mode`` "where" (:func:`amax_pool2`, the faster
-    forward: ``predict``) or "blend" (:func:`blend_pool2`, the faster forward + backward:
-    ``adapt_loss``)."""
+    """2x2 max-pooling for ExecuTorch (:func:`blend_pool2`)."""
 
     commutes_with_relu = True  # a FiLM site may move ReLU past it (models.layers.film_site)
 
-    def __init__(self, ceil_mode: bool = False, mode: str = "where"):
+    def __init__(self, ceil_mode: bool = False):
         super().__init__()
-        self.ceil_mode, self.mode = ceil_mode, mode
+        self.ceil_mode = ceil_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "blend":
-            return blend_pool2(x, self.ceil_mode)
-        return amax_pool2(x, self.ceil_mode)
+        return blend_pool2(x, self.ceil_mode)
 
 
 class MatmulConv2d(nn.Module):
@@ -179,15 +164,10 @@ class MatmulConv2d(nn.Module):
         self.ph, self.pw = conv.padding
 
     def padded(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (any two leading dims) with the zero borders of the padding, by concatenation
-        (F.pad's backward exports as a negative pad, which ExecuTorch refuses)."""
-        if self.pw:
-            z = x.new_zeros(*x.shape[:3], self.pw)
-            x = torch.cat([z, x, z], dim=3)
-        if self.ph:
-            z = x.new_zeros(*x.shape[:2], self.ph, x.shape[3])
-            x = torch.cat([z, x, z], dim=2)
-        return x
+        """``x`` (any two leading dims) with the zero borders of the padding (its backward, a
+        negative pad that ExecuTorch's kernels refuse, becomes slices in the edge graph:
+        :func:`negative_pad_as_slices`)."""
+        return F.pad(x, (self.pw, self.pw, self.ph, self.ph)) if self.pw or self.ph else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
@@ -275,7 +255,7 @@ class CnhwConv2d(MatmulConv2d):
         ho, wo, span = hp - self.kh + 1, wp - self.kw + 1, (hp - self.kh + 1) * wp
         flat = x.reshape(c, n, hp * wp)
         if self.kw > 1:  # the last window's wrapped columns read past the map: zeros
-            flat = torch.cat([flat, x.new_zeros(c, n, self.kw - 1)], dim=2)
+            flat = F.pad(flat, (0, self.kw - 1))
         # rows (shift, channel): each shift's (C, N * Ho*Wp) block, concatenated (a stack at
         # dim 1 reshaped to (C*kh*kw, ...) is a view torch.export cannot prove contiguous for
         # a dynamic N); the weight's columns in the same order
@@ -332,23 +312,22 @@ def _swap_modules(model: nn.Module, swap) -> nn.Module:
     return model
 
 
-def exportable(model: nn.Module, channel_major: bool = True, pool: str = "where",
+def exportable(model: nn.Module, channel_major: bool = True,
                blend_relu: bool = False) -> nn.Module:
     """A copy of ``model`` with the layers ExecuTorch cannot differentiate replaced by
     equivalent ones; any other max-pooling is refused. ``channel_major``: every sequential
     stack of Conv4's layer types runs on ``(C, N, H, W)`` activations
     (:class:`CnhwSequential`; not with FiLM hooks, which modulate NCHW activations).
-    ``pool``: the max-poolings' :class:`AmaxPool2` mode; ``blend_relu``: every ``nn.ReLU``
-    as :class:`BlendReLU` (for the training method)."""
+    ``blend_relu``: every ``nn.ReLU`` as :class:`BlendReLU` (for the training method)."""
     def swap(m: nn.Module) -> nn.Module | None:
         if isinstance(m, MaxPool2):
-            return AmaxPool2(m.ceil_mode, pool)
+            return AmaxPool2(m.ceil_mode)
         if blend_relu and type(m) is nn.ReLU:
             return BlendReLU()
         if isinstance(m, nn.MaxPool2d):
             k, s, p, d = (m.kernel_size, m.stride, m.padding, m.dilation)
             if k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and d in (1, (1, 1)):
-                return AmaxPool2(m.ceil_mode, pool)
+                return AmaxPool2(m.ceil_mode)
             raise ValueError(f"ExecuTorch export: {m} is not supported (only 2x2 max-pooling "
                              "with stride 2)")
         if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
@@ -448,7 +427,7 @@ def adapting_tensors(dm: DeviceModel) -> tuple[list[str], list[torch.Tensor],
 def training_network(dm: DeviceModel) -> nn.Module:
     """``dm``'s network as ``adapt_loss`` computes it (the ExecuTorch-friendly layers; NCHW
     for CAVIA, whose FiLM hooks modulate NCHW activations)."""
-    return exportable(dm.model, dm.rule["kind"] != "context", ADAPT_POOL, blend_relu=True)
+    return exportable(dm.model, dm.rule["kind"] != "context", blend_relu=True)
 
 
 class AdaptLoss(_Program):
@@ -592,6 +571,46 @@ def zero_scatter_as_pad(gm: torch.fx.GraphModule) -> Any:
     return PassResult(gm, changed)
 
 
+def negative_pad_as_slices(gm: torch.fx.GraphModule) -> Any:
+    """Edge-graph pass: a ``constant_pad_nd`` with negative amounts (the backward of a zero
+    padding: its crop), which ExecuTorch's kernels refuse, as ``slice_copy`` along each
+    cropped dimension, then a pad by the positive amounts if any."""
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.pass_base import PassResult
+
+    edge = exir_ops.edge.aten
+    graph, changed = gm.graph, False
+    for node in list(graph.nodes):
+        if node.target != edge.constant_pad_nd.default or min(node.args[1]) >= 0:
+            continue
+        x, pads = node.args[0], list(node.args[1])
+        value = node.args[2] if len(node.args) > 2 else 0.0
+        ndim = len(x.meta["val"].shape)
+        out = x
+        with graph.inserting_before(node):
+            for i in range(0, len(pads), 2):
+                dim, before, after = ndim - 1 - i // 2, pads[i], pads[i + 1]
+                if before >= 0 and after >= 0:
+                    continue
+                size = out.meta["val"].shape[dim]
+                start, end = max(-before, 0), size - max(-after, 0)
+                sliced = graph.call_function(edge.slice_copy.Tensor, (out, dim, start, end, 1))
+                sliced.meta["val"] = out.meta["val"].narrow(dim, start, end - start).clone()
+                out = sliced
+            positive = [max(p, 0) for p in pads]
+            if any(positive):
+                padded = graph.call_function(edge.constant_pad_nd.default,
+                                             (out, positive, value))
+                padded.meta["val"] = node.meta["val"].clone()
+                out = padded
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.recompile()
+    return PassResult(gm, changed)
+
+
 def drop_activation_aliases(gm: torch.fx.GraphModule) -> Any:
     """Edge-graph pass: ``alias_copy`` of a computed tensor (the joint graph saves
     activations for the backward through them) replaced by the tensor itself: a copy less
@@ -690,12 +709,11 @@ def build_program(dm: DeviceModel, k_shot: int = 1, max_queries: int = DEFAULT_M
         )
 
         # a weight that adapts is an input of its matrix product, never packed as a constant
-        partitioner = {m: [XnnpackPartitioner(force_non_static_weights_for_f32_linear=True)]
-                       if m in XNNPACK_METHODS else [] for m in methods}
+        partitioner = [XnnpackPartitioner(force_non_static_weights_for_f32_linear=True)]
     with _quiet(quiet):
         prog = to_edge_transform_and_lower(
             methods, transform_passes=[transpose_smaller_mm, zero_scatter_as_pad,
-                                       drop_activation_aliases],
+                                       negative_pad_as_slices, drop_activation_aliases],
             partitioner=partitioner, constant_methods={META_METHOD: blob}).to_executorch()
     return prog.buffer, meta
 
