@@ -136,7 +136,9 @@ def test_executorch_adaptation_equals_pytorch_runtime(name: str, pruned: bool, a
 
 def test_blend_pool_equals_max_pool_in_eager() -> None:
     g = torch.Generator().manual_seed(0)
-    for shape, ceil in [((3, 4, 8, 8), False), ((2, 3, 7, 5), False), ((2, 3, 7, 5), True)]:
+    for shape, ceil in [((3, 4, 8, 8), False), ((2, 3, 7, 5), False), ((2, 3, 7, 5), True),
+                        ((2, 3, 6, 5), True), ((2, 3, 5, 6), True), ((2, 3, 4, 40), False),
+                        ((2, 3, 4, 37), True)]:  # odd sizes, rows longer than PAIR_CHUNK
         x = torch.randn(*shape, generator=g)
         x[..., 0, 0] = x[..., 0, 1]  # tied maxima: the first gets the gradient, as max-pooling
         x[..., 3, 0] = 5 + x[..., 2, 0].abs()  # the window's maximum twice, across rows and
@@ -295,12 +297,16 @@ def test_cli_export_executorch_and_adapt(tmp_path, capsys, monkeypatch) -> None:
         (one_shot / d.name / f.name).write_bytes(f.read_bytes())
     fails(["adapt", "--runtime", "executorch", str(pte), "--support", str(one_shot), "--query",
            str(query)], r"m\.pte' was exported for 5-way 2-shot.*--k-shot")
-    # a program ExecuTorch cannot load, in a runtime without XNNPACK: the error says how to
-    # export for such a runtime
+    # a program ExecuTorch cannot load: with an XNNPACK delegate in a runtime without the
+    # backend, the error says how to export for such a runtime; otherwise it does not
     import metaprune.deploy.executorch_runtime as runtime_module
 
     cut = tmp_path / "cut.pte"
-    cut.write_bytes(pte.read_bytes()[:4096])
+    cut.write_bytes(pte.read_bytes()[:4096] + b"XnnpackBackend")
+    args = ["adapt", "--runtime", "executorch", str(cut), "--support", str(support), "--query",
+            str(query)]
+    fails(args, r"cut\.pte': ExecuTorch cannot load it(?!.*--delegate portable)")
     monkeypatch.setattr(runtime_module, "registered_backends", lambda: [])
-    fails(["adapt", "--runtime", "executorch", str(cut), "--support", str(support), "--query",
-           str(query)], r"cut\.pte': ExecuTorch cannot load it.*--delegate portable")
+    fails(args, r"cut\.pte': ExecuTorch cannot load it.*--delegate portable")
+    cut.write_bytes(pte.read_bytes()[:4096])  # a portable program: not the backend's fault
+    fails(args, r"cut\.pte': ExecuTorch cannot load it(?!.*--delegate portable)")

@@ -80,12 +80,13 @@ from .runtime import DeviceModel
 DEFAULT_MAX_QUERIES = 128
 DELEGATES = ("xnnpack", "portable")  # build_program's delegate choices
 DEFAULT_DELEGATE = "xnnpack"
+PAIR_CHUNK = 16  # the most entries blend_pool2's selector products read per output
 
 
 # ---- ExecuTorch-friendly layers ---------------------------------------------------------------
 def later_wins(first: torch.Tensor, later: torch.Tensor) -> torch.Tensor:
-    """1.0 where ``later > first`` (strictly; a tie keeps the first), else 0.0, without a
-    gradient: ``ceil(clamp(later - first, 0, 1))``, arithmetic that XNNPACK runs (its
+    """1.0 where ``later > first`` (strictly; a tie keeps the first; finite entries), else
+    0.0, without a gradient: ``ceil(clamp(later - first, 0, 1))``, arithmetic that XNNPACK runs (its
     comparisons, ``where`` and the index ops are not delegated)."""
     return torch.ceil(torch.clamp(later.detach() - first.detach(), 0.0, 1.0))
 
@@ -99,40 +100,42 @@ def selector(n: int, cols: int, start: int, step: int, dtype: torch.dtype) -> to
 
 
 def blend_pool2(x: torch.Tensor, ceil_mode: bool = False) -> torch.Tensor:
-    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` as 0/1 blends of the windows' entries:
-    the larger of each horizontal pair, then of the two rows, ``m * later + (1 - m) * first``
-    with ``m`` = :func:`later_wins` (exact: one product is the entry, the other 0), so the
-    gradient goes to each window's first maximum in row-major order, as max-pooling's does,
-    through products only: no ``gather``/``scatter`` (ExecuTorch's are per-element loops) and
-    no max-pool backward (wrong in ExecuTorch). The pairs are picked by matrix products with
-    :func:`selector` matrices (exact), where slicing every other entry would copy one entry
-    per call. Ceil mode's missing entries are float32's lowest value, not -inf (0 * -inf is
-    NaN)."""
+    """``F.max_pool2d(x, 2, ceil_mode=ceil_mode)`` for finite ``x`` as 0/1 blends of the
+    windows' entries: the larger of each horizontal pair, then of the two rows,
+    ``m * later + (1 - m) * first`` with ``m`` = :func:`later_wins` (exact: one product is the
+    entry, the other 0), so the gradient goes to each window's first maximum in row-major
+    order, as max-pooling's does, through products only: no ``gather``/``scatter``
+    (ExecuTorch's are per-element loops) and no max-pool backward (wrong in ExecuTorch). The
+    pairs are picked by matrix products with :func:`selector` matrices over chunks of at most
+    ``PAIR_CHUNK`` entries (exact, a bounded cost per entry), where slicing every other entry
+    would copy one entry per call. Ceil mode's missing entries are float32's lowest value, not
+    -inf (0 * -inf is NaN)."""
     h, w = x.shape[-2:]
-    low = torch.finfo(x.dtype).min
-    if h % 2 and ceil_mode:  # an odd last row is a window row of its own
-        x = torch.cat([x, x.new_full((*x.shape[:-2], 1, w), low)], dim=-2)
-    elif h % 2:
-        x = x[..., : h - 1, :]
-    lead, h2 = x.shape[:-2], x.shape[-2] // 2
-    w2 = (w + 1) // 2 if ceil_mode else w // 2
-    rows = x.reshape(-1, w)
-    left = rows @ selector(w, w2, 0, 2, x.dtype)
-    right = rows @ selector(w, w2, 1, 2, x.dtype)
-    if w < 2 * w2:  # ceil mode, odd width: the last window has no right entry
-        right = right + torch.cat([x.new_zeros(1, w2 - 1), x.new_full((1, 1), low)], dim=1)
+    if h % 2 or w % 2:  # ceil mode: the odd last row / column is a window of its own
+        x = (F.pad(x, (0, w % 2, 0, h % 2), value=torch.finfo(x.dtype).min) if ceil_mode
+             else x[..., : h - h % 2, : w - w % 2])
+    lead, h2, w2 = x.shape[:-2], x.shape[-2] // 2, x.shape[-1] // 2
+    # the longest even chunk of a row that divides it: a pair never straddles two chunks
+    chunk = max(c for c in range(2, min(PAIR_CHUNK, 2 * w2) + 1, 2) if (2 * w2) % c == 0)
+    rows = x.reshape(-1, chunk)
+    left = (rows @ selector(chunk, chunk // 2, 0, 2, x.dtype)).reshape(-1, w2)
+    right = (rows @ selector(chunk, chunk // 2, 1, 2, x.dtype)).reshape(-1, w2)
     m = later_wins(left, right)
     pairs = (right * m + left * (1 - m)).reshape(-1, 2 * w2)   # a window's two rows
-    top = pairs @ selector(2 * w2, w2, 0, 1, x.dtype)
-    bottom = pairs @ selector(2 * w2, w2, w2, 1, x.dtype)
+    if 2 * w2 <= PAIR_CHUNK:  # short rows: products again
+        top = pairs @ selector(2 * w2, w2, 0, 1, x.dtype)
+        bottom = pairs @ selector(2 * w2, w2, w2, 1, x.dtype)
+    else:  # long rows: the two halves are runs of w2 entries
+        top, bottom = pairs[:, :w2], pairs[:, w2:]
     m = later_wins(top, bottom)
     return (bottom * m + top * (1 - m)).reshape(*lead, h2, w2)
 
 
 class BlendReLU(nn.ReLU):
-    """``nn.ReLU`` as ``x * m``, ``m`` = :func:`later_wins` (0, x): the same values (an
-    entry <= 0 gives a zero) and gradient (``m``: 0 at 0, as ReLU's), from ops XNNPACK runs,
-    where ReLU's backward is a comparison and a ``where`` that split the delegated graph."""
+    """``nn.ReLU`` as ``x * m``, ``m`` = :func:`later_wins` (0, x): for finite ``x`` the same
+    values (an entry <= 0 gives a zero) and gradient (``m``: 0 at 0, as ReLU's), from ops
+    XNNPACK runs, where ReLU's backward is a comparison and a ``where`` that split the
+    delegated graph."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * later_wins(torch.zeros((), dtype=x.dtype), x)
@@ -614,10 +617,10 @@ def negative_pad_as_slices(gm: torch.fx.GraphModule) -> Any:
 def drop_activation_aliases(gm: torch.fx.GraphModule) -> Any:
     """Edge-graph pass: ``alias_copy`` of a computed tensor (the joint graph saves
     activations for the backward through them) replaced by the tensor itself: a copy less
-    each. The aliases of the graph's inputs stay: a parameter reaches an XNNPACK partition
-    through its alias, so the partition reads the program's current value at every call
-    instead of packing the value at load time as a constant, which the optimiser's updates
-    would not reach."""
+    each. The aliases of the graph's inputs (the parameters, which the training method also
+    returns) stay as exported. (No adapting parameter is packed by XNNPACK as a constant: each
+    reaches the network through :func:`_rescaled`'s arithmetic, and matrix products take
+    their weights as inputs, ``force_non_static_weights_for_f32_linear``.)"""
     from executorch.exir.dialects._ops import ops as exir_ops
     from executorch.exir.pass_base import PassResult
 

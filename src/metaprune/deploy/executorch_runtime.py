@@ -63,15 +63,14 @@ def _executorch() -> tuple[Any, Any]:
     return _load_for_executorch_from_buffer, get_sgd_optimizer
 
 
-def registered_backends() -> list[str]:
-    """The delegate backends the installed ExecuTorch runtime has (empty if none or if it
-    cannot say)."""
+def registered_backends() -> list[str] | None:
+    """The delegate backends the installed ExecuTorch runtime has (None if it cannot say)."""
     try:
         from executorch.extension.pybindings import portable_lib
 
         return list(portable_lib._get_registered_backend_names())
     except (ImportError, AttributeError):
-        return []
+        return None
 
 
 def set_threads(n: int) -> None:
@@ -123,9 +122,12 @@ class ExecuTorchModel(ImageInputs):
             self.module = load(self._data)
             names = set(self.module.method_names())
         except Exception as e:
-            hint = ("" if "XnnpackBackend" in registered_backends() else
-                    " (this ExecuTorch runtime has no XNNPACK backend: export the program "
-                    "with 'metaprune export-executorch --delegate portable')")
+            backends = registered_backends()
+            hint = ("" if backends is None or b"XnnpackBackend" not in data
+                    or "XnnpackBackend" in backends else
+                    " (the program delegates to XNNPACK and this ExecuTorch runtime has no "
+                    "XNNPACK backend: export it with 'metaprune export-executorch "
+                    "--delegate portable')")
             raise ValueError(f"'{source}': ExecuTorch cannot load it: {e}{hint}") from e
         if META_METHOD not in names:
             raise ValueError(f"'{source}' is an ExecuTorch program but not one written by "
