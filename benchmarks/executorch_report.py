@@ -33,6 +33,7 @@ from pathlib import Path
 import _report
 import torch
 
+from metaprune.deploy.executorch_export import DEFAULT_DELEGATE, DELEGATES
 from metaprune.io import with_extension
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=15, help="timed repetitions")
     ap.add_argument("--mem-reps", type=int, default=3, help="memory probes per runtime")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--delegate", choices=["xnnpack", "portable"], default="xnnpack",
+    ap.add_argument("--delegate", choices=DELEGATES, default=DEFAULT_DELEGATE,
                     help="export-executorch --delegate")
     ap.add_argument("--out", default=str(_report.RESULTS / "executorch_report"))
     ap.add_argument("--note", default="", help="extra sentence for the results file")

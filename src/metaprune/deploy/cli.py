@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="support images per class the program takes (default 1)")
     p.add_argument("--max-queries", type=POSITIVE, default=128,
                    help="most query images per predict call (default 128)")
+    # executorch_export.DELEGATES / DEFAULT_DELEGATE, written out: this module stays torch-free
     p.add_argument("--delegate", choices=["xnnpack", "portable"], default="xnnpack",
                    help="xnnpack (default): the operations XNNPACK supports run in "
                    "ExecuTorch's XNNPACK backend (faster on a CPU: docs/deploy.md); "

@@ -40,6 +40,7 @@ PTE_VERSION = 1
 LOSS_METHOD = "adapt_loss"
 PREDICT_METHOD = "predict"
 META_METHOD = "metaprune_meta"
+XNNPACK_BACKEND = "XnnpackBackend"  # the XNNPACK delegate's id in a program and a runtime
 PTE_MAGIC = b"ET"          # the ExecuTorch flatbuffer's file identifier (bytes 4..8: "ET12")
 
 
@@ -123,8 +124,8 @@ class ExecuTorchModel(ImageInputs):
             names = set(self.module.method_names())
         except Exception as e:
             backends = registered_backends()
-            hint = ("" if backends is None or b"XnnpackBackend" not in data
-                    or "XnnpackBackend" in backends else
+            hint = ("" if backends is None or XNNPACK_BACKEND.encode() not in data
+                    or XNNPACK_BACKEND in backends else
                     " (the program delegates to XNNPACK and this ExecuTorch runtime has no "
                     "XNNPACK backend: export it with 'metaprune export-executorch "
                     "--delegate portable')")
